@@ -1,0 +1,49 @@
+"""Settings read from the environment (every one is listed in the README)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+GPU_QUEUE_DEFAULT = "longsong-gpu"
+CPU_QUEUE_DEFAULT = "longsong-cpu"
+WORKFLOW_QUEUE_DEFAULT = "longsong-cpu"  # the CPU worker also runs the (light) workflow code
+DEV_WATERMARK_KEY = "longsong-dev-watermark-key"
+
+# Custom search attributes shown in the Temporal Web UI (name -> type for `temporal ... --search-attribute`).
+SEARCH_ATTRIBUTES = {
+    "LongsongStage": "Keyword",
+    "LongsongProgress": "Int",
+    "LongsongUserId": "Keyword",
+    "LongsongEngine": "Keyword",
+}
+
+
+def home() -> Path:
+    """Data dir: dev-server database, logs, local objects (LONGSONG_HOME, default ~/.longsong)."""
+    return Path(os.environ.get("LONGSONG_HOME") or Path.home() / ".longsong").expanduser()
+
+
+def gpu_queue() -> str:
+    return os.environ.get("LONGSONG_GPU_QUEUE", GPU_QUEUE_DEFAULT)
+
+
+def cpu_queue() -> str:
+    return os.environ.get("LONGSONG_CPU_QUEUE", CPU_QUEUE_DEFAULT)
+
+
+def workflow_queue() -> str:
+    return os.environ.get("LONGSONG_WORKFLOW_QUEUE", cpu_queue())
+
+
+def watermark_key() -> bytes:
+    """Secret for the watermark; from config only, never in workflow history."""
+    return os.environ.get("LONGSONG_WATERMARK_KEY", DEV_WATERMARK_KEY).encode()
+
+
+def keep_scratch() -> bool:
+    return os.environ.get("LONGSONG_KEEP_SCRATCH", "").lower() in ("1", "true", "yes")
+
+
+def ui_url() -> str:
+    return os.environ.get("LONGSONG_UI_URL", "http://localhost:8233")

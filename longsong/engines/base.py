@@ -1,0 +1,48 @@
+"""The engine interface the GPU segment activity drives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+from longsong.payloads import Sampling
+
+Progress = Callable[[int, int], None]
+"""progress(done_steps, total_steps); the activity heartbeats and raises if cancelled."""
+
+
+class EngineError(RuntimeError):
+    """A request this engine can never serve (unknown model, bad window, bad sampling): not retryable."""
+
+
+class TransientEngineError(RuntimeError):
+    """Worth retrying (e.g. GPU out of memory): the message carries model, batch and window."""
+
+
+@dataclass
+class WindowRequest:
+    text: str  # full conditioning text of this window
+    seed: int
+    n_frames: int  # window length in 50 Hz frames, context included
+    context_frames: int  # frames re-generated from `handoff` at the start of the window (0: text only)
+    sampling: Sampling
+    handoff: bytes | None  # previous window's hand-off state, as that engine serialized it
+
+
+@dataclass
+class WindowResult:
+    audio: np.ndarray  # float32, shape (channels, n_frames * sample_rate // 50), context part included
+    handoff: bytes  # state to continue from the end of this window
+    details: dict[str, str]  # engine facts recorded in the track metadata
+
+
+class Engine(Protocol):
+    name: str  # "procedural", "musicgen"
+    model: str  # model id or path this instance serves
+    version: str  # revision (commit hash or weight content hash)
+    sample_rate: int
+    channels: int
+
+    def generate(self, req: WindowRequest, progress: Progress) -> WindowResult: ...

@@ -1,0 +1,150 @@
+"""Typed messages between the workflow and its activities (the Temporal boundary).
+
+Claim check: these carry object-store keys and small numbers, never audio or tokens, so
+every payload stays far below Temporal's limits. Import-light: the workflow sandbox loads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from longsong.plan import Plan, Segment
+from longsong.request import SongRequest
+
+
+@dataclass
+class Sampling:
+    temperature: float = 1.0
+    top_k: int = 250
+    top_p: float = 0.0
+    cfg: float = 3.0
+
+    @classmethod
+    def of(cls, req: SongRequest) -> "Sampling":
+        return cls(req.temperature, req.top_k, req.top_p, req.cfg)
+
+
+def scratch_prefix(request_id: str) -> str:
+    return f"work/{request_id}/"
+
+
+def track_prefix(user_id: str, request_id: str) -> str:
+    return f"audio/{user_id}/{request_id}/"
+
+
+@dataclass
+class SegmentJob:
+    request_id: str
+    engine: str
+    model: str | None
+    segment: Segment
+    total_segments: int
+    sampling: Sampling
+    handoff_key: str | None  # previous segment's hand-off state; None for segment 0
+    audio_key: str  # where the window's decoded audio goes (deterministic: retries overwrite)
+    state_key: str  # where this window's hand-off state goes
+
+
+@dataclass
+class SegmentOutcome:
+    index: int
+    audio_key: str
+    state_key: str
+    sample_rate: int
+    channels: int
+    n_samples: int
+    engine: str
+    model: str
+    model_version: str
+    generate_s: float
+    worker: str
+    attempt: int
+    details: dict[str, str] = field(default_factory=dict)  # engine-specific facts for metadata
+
+
+@dataclass
+class SeamReport:
+    index: int  # seam between segment index-1 and index
+    start_s: float
+    correlation: float
+    law: str  # "linear" (amplitude-complementary) ... "equal-power"
+
+
+@dataclass
+class MasterJob:
+    request: SongRequest
+    plan: Plan
+    segments: list[SegmentOutcome]
+    watermark_id: int
+    out_key: str  # scratch key of the mastered, watermarked float audio
+
+
+@dataclass
+class MasterOutcome:
+    key: str
+    sample_rate: int
+    channels: int
+    n_samples: int
+    loudness_before_lufs: float
+    loudness_lufs: float
+    true_peak_dbtp: float
+    limiter_gain_reduction_db: float
+    seams: list[SeamReport]
+    timings: dict[str, float]
+    worker: str
+
+
+@dataclass
+class StoredFile:
+    key: str
+    size: int
+    sha256: str
+    content_type: str
+
+
+@dataclass
+class PublishJob:
+    request: SongRequest
+    seed: int
+    plan: Plan
+    segments: list[SegmentOutcome]
+    master: MasterOutcome
+    watermark_id: int
+    started_at: str  # ISO time the workflow started
+    stage_timings: dict[str, float]
+
+
+@dataclass
+class PublishOutcome:
+    prefix: str
+    files: dict[str, StoredFile]  # "mp3"/"wav"/... plus "metadata" and "waveform"
+    encoded_true_peak_dbtp: dict[str, float]  # per lossy format, measured on the decoded file
+    timings: dict[str, float]
+    worker: str
+
+
+@dataclass
+class Progress:
+    stage: str  # queued, generating, mastering, publishing, done, failed, cancelled
+    segments_done: int
+    segments_total: int
+    elapsed_s: float
+    eta_s: float | None
+    percent: int
+
+
+@dataclass
+class SongResult:
+    request_id: str
+    user_id: str
+    status: str
+    duration_s: float
+    seed: int
+    engine: str
+    model: str
+    loudness_lufs: float
+    true_peak_dbtp: float
+    watermark_id: int
+    files: dict[str, str]  # format (and "metadata", "waveform") -> object key
+    timings: dict[str, float]
+    urls: dict[str, str] = field(default_factory=dict)  # presigned links where the store has them

@@ -7,7 +7,6 @@ from pathlib import Path
 
 GPU_QUEUE_DEFAULT = "longsong-gpu"
 CPU_QUEUE_DEFAULT = "longsong-cpu"
-WORKFLOW_QUEUE_DEFAULT = "longsong-cpu"  # the CPU worker also runs the (light) workflow code
 DEV_WATERMARK_KEY = "longsong-dev-watermark-key"
 
 # Custom search attributes shown in the Temporal Web UI (name -> type for `temporal ... --search-attribute`).
@@ -29,11 +28,8 @@ def gpu_queue() -> str:
 
 
 def cpu_queue() -> str:
+    """Also the workflow task queue: the CPU worker runs the (light) workflow code."""
     return os.environ.get("LONGSONG_CPU_QUEUE", CPU_QUEUE_DEFAULT)
-
-
-def workflow_queue() -> str:
-    return os.environ.get("LONGSONG_WORKFLOW_QUEUE", cpu_queue())
 
 
 def watermark_key() -> bytes:
@@ -46,4 +42,5 @@ def keep_scratch() -> bool:
 
 
 def ui_url() -> str:
-    return os.environ.get("LONGSONG_UI_URL", "http://localhost:8233")
+    """Temporal Web UI base URL for links (LONGSONG_UI_URL; default the dev server's UI port)."""
+    return os.environ.get("LONGSONG_UI_URL") or f"http://localhost:{os.environ.get('LONGSONG_DEV_UI_PORT', '8233')}"

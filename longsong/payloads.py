@@ -121,16 +121,30 @@ class PublishOutcome:
     encoded_true_peak_dbtp: dict[str, float]  # per lossy format, measured on the decoded file
     timings: dict[str, float]
     worker: str
+    urls: dict[str, str] = field(default_factory=dict)  # download links (presigned on S3)
+
+
+@dataclass
+class SongJob:
+    """The workflow's input: the request plus where its activities run (config, not request)."""
+
+    request: SongRequest
+    gpu_queue: str
+    cpu_queue: str
 
 
 @dataclass
 class Progress:
+    """As of `updated_at` (workflow time); the client ages elapsed/ETA to its own clock."""
+
     stage: str  # queued, generating, mastering, publishing, done, failed, cancelled
     segments_done: int
     segments_total: int
     elapsed_s: float
     eta_s: float | None
     percent: int
+    started_at: str
+    updated_at: str
 
 
 @dataclass

@@ -1,0 +1,64 @@
+"""GPU activity: generate one continuation window and store its audio and hand-off state by key."""
+
+from __future__ import annotations
+
+import time
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError, CancelledError
+
+from activities.errors import classified, worker_identity
+from longsong.audio_io import to_npy_bytes
+from longsong.engines.base import TransientEngineError, WindowRequest
+from longsong.engines.registry import EngineRegistry
+from longsong.payloads import SegmentJob, SegmentOutcome
+from longsong.storage import Storage
+
+
+class SegmentActivities:
+    """Holds the engines (loaded once per worker process) and the object store."""
+
+    def __init__(self, registry: EngineRegistry, storage: Storage):
+        self.registry = registry
+        self.storage = storage
+
+    @activity.defn(name="generate_segment")
+    def generate_segment(self, job: SegmentJob) -> SegmentOutcome:
+        """Synchronous (runs on the worker's one-thread executor); heartbeats on engine progress."""
+        info = activity.info()
+        seg = job.segment
+        with classified():
+            engine = self.registry.get(job.engine, job.model)
+            handoff = self.storage.get_bytes(job.handoff_key) if job.handoff_key else None
+
+            def progress(done: int, total: int) -> None:
+                activity.heartbeat(done, total)
+                if activity.is_cancelled():
+                    raise CancelledError("segment cancelled")
+
+            t0 = time.perf_counter()
+            try:
+                result = engine.generate(
+                    WindowRequest(seg.text, seg.seed, seg.n_frames, seg.context_frames, job.sampling, handoff),
+                    progress,
+                )
+            except TransientEngineError as e:
+                raise ApplicationError(str(e), type="TransientEngineError") from e
+            generate_s = time.perf_counter() - t0
+            self.storage.put_bytes(job.audio_key, to_npy_bytes(result.audio))
+            self.storage.put_bytes(job.state_key, result.handoff)
+        return SegmentOutcome(
+            index=seg.index,
+            audio_key=job.audio_key,
+            state_key=job.state_key,
+            sample_rate=engine.sample_rate,
+            channels=int(result.audio.shape[0]),
+            n_samples=int(result.audio.shape[1]),
+            engine=engine.name,
+            model=engine.model,
+            model_version=engine.version,
+            generate_s=generate_s,
+            worker=worker_identity(),
+            attempt=info.attempt,
+            details=result.details,
+        )

@@ -1,0 +1,83 @@
+"""The track's provenance manifest (metadata.json) and the tags written into each audio file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import datetime, timezone
+
+from longsong import __version__
+from longsong.payloads import PublishJob, StoredFile
+from longsong.request import SongRequest
+
+
+def track_tags(req: SongRequest, engine: str, model: str) -> dict[str, str]:
+    return {
+        "title": req.prompt[:80],
+        "comment": f"AI-generated with longsong {__version__} ({engine} engine, model {model})",
+        "prompt": req.prompt,
+        "engine": engine,
+        "model": model,
+        "request_id": req.request_id,
+    }
+
+
+def build_manifest(job: PublishJob, files: dict[str, StoredFile], encoded_true_peaks: dict[str, float],
+                   publish_timings: dict[str, float], worker: str) -> bytes:
+    """Everything needed to tell how this track was made: request, seeds, plan, engine, DSP figures."""
+    m, first = job.master, job.segments[0]
+    manifest = {
+        "generator": f"longsong {__version__}",
+        "ai_generated": True,
+        "request": asdict(job.request),
+        "seed": job.seed,
+        "engine": {"name": first.engine, "model": first.model, "version": first.model_version,
+                   "details": first.details},
+        "duration_s": m.n_samples / m.sample_rate,
+        "sample_rate": m.sample_rate,
+        "channels": m.channels,
+        "plan": {
+            "style": job.plan.style,
+            "crossfade_s": job.plan.crossfade_frames / 50,
+            "segments": [
+                {
+                    "index": s.index,
+                    "start_s": s.start_s,
+                    "end_s": s.end_s,
+                    "context_s": s.context_frames / 50,
+                    "new_s": s.new_frames / 50,
+                    "text": s.text,
+                    "seed": s.seed,
+                    "generate_s": round(o.generate_s, 3),
+                    "attempt": o.attempt,
+                    "worker": o.worker,
+                }
+                for s, o in zip(job.plan.segments, job.segments)
+            ],
+        },
+        "seams": [asdict(s) for s in m.seams],
+        "loudness": {
+            "before_lufs": m.loudness_before_lufs,
+            "integrated_lufs": m.loudness_lufs,
+            "target_lufs": job.request.loudness_lufs,
+            "true_peak_dbtp": m.true_peak_dbtp,
+            "ceiling_dbtp": job.request.true_peak_dbtp,
+            "limiter_gain_reduction_db": m.limiter_gain_reduction_db,
+            "encoded_true_peak_dbtp": encoded_true_peaks,
+        },
+        "watermark": {"id": job.watermark_id, "id_hex": f"{job.watermark_id:08x}"},
+        "files": {name: asdict(f) for name, f in files.items()},
+        "timings": {
+            "stages_s": job.stage_timings,
+            "mastering_s": m.timings,
+            "publish_s": publish_timings,
+        },
+        "workers": {
+            "gpu": sorted({o.worker for o in job.segments}),
+            "mastering": m.worker,
+            "publish": worker,
+        },
+        "started_at": job.started_at,
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+    }
+    return json.dumps(manifest, indent=2, ensure_ascii=False).encode()

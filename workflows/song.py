@@ -1,0 +1,211 @@
+"""SongWorkflow: validate -> plan -> segments on the GPU queue -> master and publish on the CPU queue.
+
+The workflow only decides: it passes object-store keys (claim check), never audio, and
+imports nothing heavy (the sandbox loads only `longsong.request/plan/payloads`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ApplicationError, is_cancelled_exception
+
+with workflow.unsafe.imports_passed_through():
+    from longsong.payloads import (
+        MasterJob,
+        MasterOutcome,
+        Progress,
+        PublishJob,
+        PublishOutcome,
+        Sampling,
+        SegmentJob,
+        SegmentOutcome,
+        SongJob,
+        SongResult,
+        scratch_prefix,
+    )
+    from longsong.plan import Plan, make_plan
+    from longsong.request import InvalidRequest, SongRequest, validate
+
+STAGE = SearchAttributeKey.for_keyword("LongsongStage")
+PROGRESS = SearchAttributeKey.for_int("LongsongProgress")
+USER = SearchAttributeKey.for_keyword("LongsongUserId")
+ENGINE = SearchAttributeKey.for_keyword("LongsongEngine")
+
+# Errors no retry can fix; activities raise them as non-retryable ApplicationErrors too.
+FATAL_ERRORS = ["InvalidRequest", "EngineError", "StorageError", "SilentTrackError", "FfmpegMissing"]
+RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=5,
+    non_retryable_error_types=FATAL_ERRORS,
+)
+SEGMENT_TIMEOUT = timedelta(minutes=30)
+SEGMENT_HEARTBEAT = timedelta(seconds=30)
+CPU_TIMEOUT = timedelta(minutes=10)
+CPU_HEARTBEAT = timedelta(seconds=60)
+MASTERING_ESTIMATE_S = 5.0  # ETA allowance for the CPU stages before they have run
+
+
+@workflow.defn(name="SongWorkflow")
+class SongWorkflow:
+    def __init__(self) -> None:
+        self._stage = "queued"
+        self._done = 0
+        self._total = 0
+        self._started: datetime | None = None
+        self._segment_s: list[float] = []
+
+    @workflow.run
+    async def run(self, job: SongJob) -> SongResult:
+        self._started = workflow.now()
+        gpu_queue, cpu_queue = job.gpu_queue, job.cpu_queue
+        try:
+            req = validate(job.request)
+        except InvalidRequest as e:
+            self._stage = "failed"
+            raise ApplicationError(str(e), type="InvalidRequest", non_retryable=True) from None
+        seed = req.seed if req.seed is not None else workflow.random().randrange(2**31)
+        watermark_id = workflow.random().getrandbits(32)
+        plan = make_plan(req, seed)
+        self._total = len(plan.segments)
+        workflow.upsert_search_attributes([USER.value_set(req.user_id), ENGINE.value_set(req.engine)])
+        try:
+            segments = await self._generate(req, plan, gpu_queue)
+            t_gen = workflow.now()
+            self._set_stage("mastering")
+            master: MasterOutcome = await workflow.execute_activity(
+                "assemble_and_master",
+                MasterJob(req, plan, segments, watermark_id, f"{scratch_prefix(req.request_id)}master.npy"),
+                result_type=MasterOutcome,
+                task_queue=cpu_queue,
+                start_to_close_timeout=CPU_TIMEOUT,
+                heartbeat_timeout=CPU_HEARTBEAT,
+                retry_policy=RETRY,
+                summary="assemble, master, watermark",
+            )
+            t_master = workflow.now()
+            self._set_stage("publishing")
+            stage_timings = {
+                "generation_s": (t_gen - self._started).total_seconds(),
+                "mastering_s": (t_master - t_gen).total_seconds(),
+            }
+            published: PublishOutcome = await workflow.execute_activity(
+                "publish",
+                PublishJob(req, seed, plan, segments, master, watermark_id, self._started.isoformat(),
+                           stage_timings),
+                result_type=PublishOutcome,
+                task_queue=cpu_queue,
+                start_to_close_timeout=CPU_TIMEOUT,
+                heartbeat_timeout=CPU_HEARTBEAT,
+                retry_policy=RETRY,
+                summary="encode " + ", ".join(req.formats) + " and store",
+            )
+        except (Exception, asyncio.CancelledError) as e:
+            self._set_stage("cancelled" if is_cancelled_exception(e) else "failed")
+            await self._cleanup(req.request_id, cpu_queue)
+            raise
+        await self._cleanup(req.request_id, cpu_queue)
+        done = workflow.now()
+        stage_timings["publishing_s"] = (done - t_master).total_seconds()
+        stage_timings["total_s"] = (done - self._started).total_seconds()
+        busy = sum(s.generate_s for s in segments) + sum(master.timings.values()) + sum(published.timings.values())
+        stage_timings["orchestration_s"] = max(0.0, stage_timings["total_s"] - busy)
+        self._set_stage("done")
+        first = segments[0]
+        return SongResult(
+            request_id=req.request_id,
+            user_id=req.user_id,
+            status="completed",
+            duration_s=master.n_samples / master.sample_rate,
+            seed=seed,
+            engine=first.engine,
+            model=first.model,
+            loudness_lufs=master.loudness_lufs,
+            true_peak_dbtp=master.true_peak_dbtp,
+            watermark_id=watermark_id,
+            files={name: f.key for name, f in published.files.items()},
+            timings=stage_timings,
+            urls=published.urls,
+        )
+
+    async def _generate(self, req: SongRequest, plan: Plan, gpu_queue: str) -> list[SegmentOutcome]:
+        """Continuation is sequential: window i is conditioned on window i-1's stored hand-off."""
+        self._set_stage("generating")
+        outcomes: list[SegmentOutcome] = []
+        scratch = scratch_prefix(req.request_id)
+        handoff: str | None = None
+        for seg in plan.segments:
+            job = SegmentJob(
+                request_id=req.request_id,
+                engine=req.engine,
+                model=req.model,
+                segment=seg,
+                total_segments=len(plan.segments),
+                sampling=Sampling.of(req),
+                handoff_key=handoff,
+                audio_key=f"{scratch}seg-{seg.index:03d}.npy",
+                state_key=f"{scratch}seg-{seg.index:03d}.state",
+            )
+            started = workflow.now()
+            out: SegmentOutcome = await workflow.execute_activity(
+                "generate_segment",
+                job,
+                result_type=SegmentOutcome,
+                task_queue=gpu_queue,
+                start_to_close_timeout=SEGMENT_TIMEOUT,
+                heartbeat_timeout=SEGMENT_HEARTBEAT,
+                retry_policy=RETRY,
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                summary=f"segment {seg.index + 1}/{len(plan.segments)}, "
+                        f"{seg.start_s:.0f}–{seg.end_s:.0f} s",
+            )
+            self._segment_s.append((workflow.now() - started).total_seconds())
+            outcomes.append(out)
+            handoff = out.state_key
+            self._done = seg.index + 1
+            self._set_stage("generating")
+        return outcomes
+
+    async def _cleanup(self, request_id: str, cpu_queue: str) -> None:
+        """Remove the song's scratch objects, also after cancellation (a fresh, uncancelled activity)."""
+        await workflow.execute_activity(
+            "cleanup_scratch",
+            request_id,
+            task_queue=cpu_queue,
+            start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=RETRY,
+            summary="remove scratch objects",
+        )
+
+    def _set_stage(self, stage: str) -> None:
+        self._stage = stage
+        p = self.progress()
+        workflow.upsert_search_attributes([STAGE.value_set(stage), PROGRESS.value_set(p.percent)])
+        eta = f", ETA {p.eta_s:.0f} s" if p.eta_s is not None and stage not in ("done", "failed", "cancelled") else ""
+        workflow.set_current_details(
+            f"**{stage}** · segments {p.segments_done}/{p.segments_total} · {p.percent}%{eta}")
+
+    @workflow.query
+    def progress(self) -> Progress:
+        now = workflow.now()
+        started = self._started or now
+        elapsed = (now - started).total_seconds()
+        remaining = self._total - self._done
+        if self._stage in ("done", "failed", "cancelled"):
+            eta = 0.0
+        elif self._segment_s:
+            eta = remaining * sum(self._segment_s) / len(self._segment_s) + MASTERING_ESTIMATE_S
+        else:
+            eta = None
+        weight = {"mastering": 0.95, "publishing": 0.98, "done": 1.0}
+        if self._stage in weight:
+            percent = int(100 * weight[self._stage])
+        else:
+            percent = int(90 * self._done / self._total) if self._total else 0
+        return Progress(self._stage, self._done, self._total, elapsed, eta, percent,
+                        started.isoformat(), now.isoformat())

@@ -1,0 +1,35 @@
+# One command to set up and make a song, one to set up and run the tests (see README).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PROMPT ?= uplifting synthwave with a driving bassline and warm pads
+
+.PHONY: setup run test down bench clean
+
+setup: $(VENV)/.installed
+
+# torch first, pinned: a bare `torch` may pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[gpu,test]'
+	touch $@
+
+run: setup
+	$(BIN)/longsong dev up
+	$(BIN)/longsong generate "$(PROMPT)" --duration 180 --bpm 110 --key "A minor" \
+		--section 0:intro --section 30:verse --section 84:chorus --section 138:bridge --wait --output out
+
+test: setup
+	$(BIN)/python -m pytest
+
+down:
+	$(BIN)/longsong dev down
+
+bench: setup
+	$(BIN)/python benchmarks/pipeline.py
+	$(BIN)/python benchmarks/musicgen_speed.py --quick
+
+clean: down
+	rm -rf $(VENV) out

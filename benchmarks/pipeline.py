@@ -1,0 +1,106 @@
+"""Pipeline benchmark: one 4-minute procedural song through a real dev server and real workers.
+
+Reports wall time end to end and its split into orchestration (Temporal round trips, storage
+hand-offs), generation and mastering/publishing, plus mastering throughput in x real time.
+Not a test: run `python benchmarks/pipeline.py [--duration 240] [--runs 2]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import free_port, running_workers, wait_port  # noqa: E402
+
+from client import LongsongClient  # noqa: E402
+from longsong import config  # noqa: E402
+from longsong.request import SongRequest  # noqa: E402
+from longsong.storage import FileStorage  # noqa: E402
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+async def one_song(address: str, storage: FileStorage, duration: float, formats: list[str]) -> dict:
+    queues = ("bench-gpu", "bench-cpu")
+    async with running_workers(address, storage, *queues) as client:
+        lc = LongsongClient(client, *queues)
+        req = SongRequest(prompt="driving synthwave", duration_s=duration, bpm=110, key="A minor",
+                          formats=formats, user_id="bench")
+        t0 = time.perf_counter()
+        handle = await lc.submit(req)
+        result = await lc.wait(handle.workflow_id, poll_s=0.5)
+        wall = time.perf_counter() - t0
+        meta = (storage.root / result.files["metadata"]).read_text()
+    import json
+
+    m = json.loads(meta)
+    generation = sum(s["generate_s"] for s in m["plan"]["segments"])
+    mastering = sum(m["timings"]["mastering_s"].values())
+    publishing = sum(m["timings"]["publish_s"].values())
+    return {
+        "wall_s": wall,
+        "generation_s": generation,
+        "mastering_s": mastering,
+        "publishing_s": publishing,
+        "orchestration_s": wall - generation - mastering - publishing,
+        "segments": len(m["plan"]["segments"]),
+        "mastering_detail": m["timings"]["mastering_s"],
+        "publish_detail": m["timings"]["publish_s"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=float, default=240)
+    ap.add_argument("--runs", type=int, default=2, help="the first run also warms up imports")
+    ap.add_argument("--format", action="append", dest="formats")
+    args = ap.parse_args()
+    formats = args.formats or ["mp3", "wav"]
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [shutil.which("temporal") or str(Path(sys.executable).parent / "temporal"), "server", "start-dev",
+               "--headless", "--ip", "127.0.0.1", "--port", str(port), "--db-filename", f"{tmp}/t.db",
+               "--log-level", "error"]
+        for name, kind in config.SEARCH_ATTRIBUTES.items():
+            cmd += ["--search-attribute", f"{name}={kind}"]
+        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_port(port)
+            storage = FileStorage(Path(tmp) / "objects")
+            runs = [asyncio.run(one_song(f"127.0.0.1:{port}", storage, args.duration, formats))
+                    for _ in range(args.runs)]
+        finally:
+            server.terminate()
+            server.wait()
+    print(f"# pipeline benchmark: {args.duration:g} s procedural song, formats {formats}")
+    print(f"# machine: {cpu_name()}, {len(__import__('os').sched_getaffinity(0))} cores, Python {platform.python_version()}")
+    for i, r in enumerate(runs):
+        post = r["mastering_s"] + r["publishing_s"]
+        print(f"run {i + 1}: wall {r['wall_s']:.2f} s = generation {r['generation_s']:.2f} "
+              f"+ mastering {r['mastering_s']:.2f} + publishing {r['publishing_s']:.2f} "
+              f"+ orchestration {r['orchestration_s']:.2f}  ({r['segments']} segments)")
+        print(f"       orchestration + mastering + publishing = {r['orchestration_s'] + post:.2f} s; "
+              f"mastering+publishing throughput {args.duration / post:.0f}x real time; "
+              f"generation {args.duration / r['generation_s']:.0f}x real time")
+        print(f"       mastering: {', '.join(f'{k} {v:.2f}' for k, v in r['mastering_detail'].items())}")
+        print(f"       publishing: {', '.join(f'{k} {v:.2f}' for k, v in r['publish_detail'].items())}")
+
+
+if __name__ == "__main__":
+    main()

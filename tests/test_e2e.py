@@ -1,0 +1,140 @@
+"""End to end as a user runs it: `longsong dev up` (real dev server + both worker processes),
+`longsong generate --wait --json` for a 3-minute track, then checks on the files it wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port
+from longsong.encode import decode
+from longsong.mastering import integrated_loudness, true_peak_dbtp
+from longsong.watermark import detect
+
+pytestmark = pytest.mark.e2e
+BIN = Path(sys.executable).parent
+
+
+def cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "longsong"), *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LONGSONG_", "TEMPORAL_"))}
+    env.update(LONGSONG_HOME=str(home), LONGSONG_DEV_PORT=str(free_port()), LONGSONG_DEV_UI_PORT=str(free_port()),
+               LONGSONG_WATERMARK_KEY="e2e-secret")
+    up = cli("dev", "up", env=env)
+    assert up.returncode == 0, up.stderr + up.stdout
+    try:
+        yield env, home
+    finally:
+        down = cli("dev", "down", env=env)
+        assert down.returncode == 0, down.stderr
+
+
+def test_cli_makes_a_three_minute_track(stack, tmp_path):
+    env, home = stack
+    status = cli("dev", "status", env=env)
+    assert status.stdout.count("running") == 3, status.stdout
+    out = tmp_path / "out"
+    run = cli("generate", "uplifting synthwave with a driving bassline", "--duration", "180", "--bpm", "110",
+              "--key", "A minor", "--section", "0:intro", "--section", "40:verse", "--section", "90:chorus",
+              "--section", "150:outro", "--format", "mp3", "--format", "wav", "--format", "flac",
+              "--wait", "--json", "--output", str(out), env=env)
+    assert run.returncode == 0, run.stderr
+    res = json.loads(run.stdout)
+    for field in ("workflow_id", "status", "duration_s", "seed", "loudness_lufs", "true_peak_dbtp",
+                  "watermark_id", "files"):
+        assert field in res
+    assert res["status"] == "completed" and res["engine"] == "procedural"
+    files = {k: Path(v) for k, v in res["files"].items()}
+    assert set(files) == {"mp3", "wav", "flac", "metadata", "waveform"}
+
+    wav, sr = decode(files["wav"])
+    assert sr == 32000 and wav.shape == (2, 180 * 32000)  # exact to the sample
+    assert abs(integrated_loudness(wav, sr) + 14) <= 0.5
+    assert true_peak_dbtp(wav, sr) <= -1.0 + 1e-6
+    mp3, msr = decode(files["mp3"])
+    assert true_peak_dbtp(mp3, msr) <= -1.0 + 0.1
+    assert abs(mp3.shape[1] / msr - 180) < 0.1
+
+    key = b"e2e-secret"
+    for name in ("wav", "mp3"):
+        audio, rate = decode(files[name])
+        found = detect(audio, rate, key)
+        assert found.found and found.track_id == res["watermark_id"], name
+    assert not detect(wav, sr, b"another-key").found
+
+    meta = json.loads(files["metadata"].read_text())
+    assert meta["watermark"]["id"] == res["watermark_id"] and meta["seed"] == res["seed"]
+    assert meta["request"]["duration_s"] == 180 and len(meta["plan"]["segments"]) == 10
+    assert meta["plan"]["segments"][-1]["text"].endswith("outro")
+    for name in ("mp3", "wav", "flac", "waveform"):
+        assert meta["files"][name]["size"] == files[name].stat().st_size
+    assert files["waveform"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(meta["seams"]) == 9
+
+    verify = cli("verify", str(files["mp3"]), "--json", env=env)
+    assert verify.returncode == 0 and json.loads(verify.stdout)["watermark_id"] == res["watermark_id"]
+    listing = cli("list", "--json", env=env)
+    assert res["workflow_id"] in listing.stdout
+    status = cli("status", res["workflow_id"], "--json", env=env)
+    assert json.loads(status.stdout)["status"] == "completed"
+    # Nothing but finished tracks under audio/, no scratch left.
+    assert not [p for p in (home / "objects").glob("work/**/*") if p.is_file()]
+
+
+def test_cli_rejects_bad_input_with_one_line(stack):
+    env, home = stack
+    for args, field in ((["--duration", "5"], "duration_s"), (["--format", "aac"], "formats"),
+                        (["--bpm", "500"], "bpm"), (["--section", "10:late"], "sections[0].start_s")):
+        run = cli("generate", "x", *args, env=env)
+        assert run.returncode == 2
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and field in lines[0], run.stderr
+    assert not (home / "objects" / "audio").exists() or not any((home / "objects" / "audio").rglob("*.mp3"))
+
+
+def test_cli_unreachable_server(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LONGSONG_", "TEMPORAL_"))}
+    env.update(LONGSONG_HOME=str(tmp_path), TEMPORAL_ADDRESS=f"127.0.0.1:{free_port()}")
+    run = cli("generate", "x", "--duration", "30", env=env, timeout=60)
+    assert run.returncode == 3 and "cannot reach the Temporal server" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_gpu_worker_shuts_down_gracefully_on_sigterm(stack, tmp_path):
+    env, _ = stack
+    env = dict(env, TEMPORAL_ADDRESS=f"127.0.0.1:{env['LONGSONG_DEV_PORT']}", LONGSONG_GPU_QUEUE="sigterm-test")
+    proc = subprocess.Popen([sys.executable, "-m", "worker_gpu"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).parent.parent)
+    deadline = time.monotonic() + 60
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if "GPU worker" in line:
+            break
+    assert "serving procedural:procedural-v1" in "".join(lines)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert "shutting down" in proc.stdout.read()
+
+
+def test_unwritable_data_dir_is_a_clear_error(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LONGSONG_", "TEMPORAL_"))}
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    env.update(LONGSONG_HOME=str(blocker / "home"))
+    run = cli("dev", "up", env=env, timeout=60)
+    assert run.returncode == 2 and "LONGSONG_HOME" in run.stderr and "not writable" in run.stderr

@@ -1,0 +1,218 @@
+"""SongWorkflow against a real Temporal dev server with real (in-process) workers and storage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import replace
+
+import pytest
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+
+from client import LongsongClient
+from conftest import running_workers
+from longsong.audio_io import from_npy_bytes
+from longsong.engines.base import TransientEngineError
+from longsong.engines.procedural import ProceduralEngine
+from longsong.engines.registry import EngineRegistry
+from longsong.payloads import SongJob
+from longsong.request import SongRequest
+from workflows import SongWorkflow
+
+MAX_PAYLOAD = 64 * 1024
+
+
+def song(**kw) -> SongRequest:
+    base = dict(prompt="warm house groove", duration_s=60, bpm=124, key="A minor", formats=["mp3", "wav"],
+                user_id="tester", seed=11)
+    base.update(kw)
+    return SongRequest(**base)
+
+
+async def payload_sizes(client: Client, workflow_id: str) -> list[int]:
+    sizes = []
+    async for event in client.get_workflow_handle(workflow_id).fetch_history_events():
+        for field in ("activity_task_scheduled_event_attributes", "activity_task_completed_event_attributes",
+                      "workflow_execution_started_event_attributes", "workflow_execution_completed_event_attributes"):
+            if event.HasField(field):
+                attrs = getattr(event, field)
+                payloads = getattr(attrs, "input", None) or getattr(attrs, "result", None)
+                if payloads is not None:
+                    sizes.extend(p.ByteSize() for p in payloads.payloads)
+    return sizes
+
+
+def test_song_end_to_end_in_process(temporal_address, storage, queues):
+    async def main():
+        async with running_workers(temporal_address, storage, *queues) as client:
+            lc = LongsongClient(client, *queues)
+            req = song()
+            handle = await lc.submit(req)
+            seen = []
+            result = await lc.wait(handle.workflow_id, on_progress=seen.append, poll_s=0.2)
+            progress = await lc.progress(handle.workflow_id)
+            sizes = await payload_sizes(client, handle.workflow_id)
+            songs = await lc.list(user_id="tester")
+            return req, result, progress, seen, sizes, songs
+
+    req, result, progress, seen, sizes, songs = asyncio.run(main())
+    assert result.status == "completed" and result.seed == 11
+    assert result.duration_s == pytest.approx(60, abs=1e-4)
+    assert abs(result.loudness_lufs - (-14)) <= 0.5 and result.true_peak_dbtp <= -1.0
+    prefix = f"audio/tester/{req.request_id}/"
+    assert set(storage.list(prefix)) == {prefix + n for n in
+                                         ("track.mp3", "track.wav", "waveform.png", "metadata.json")}
+    assert storage.list(f"work/{req.request_id}/") == []  # scratch removed
+    meta = json.loads(storage.get_bytes(prefix + "metadata.json"))
+    assert meta["seed"] == 11 and meta["watermark"]["id"] == result.watermark_id
+    assert meta["engine"]["name"] == "procedural" and len(meta["plan"]["segments"]) == 4
+    assert meta["files"]["mp3"]["sha256"] and meta["files"]["wav"]["size"] > 0
+    assert progress.stage == "done" and progress.percent == 100
+    assert any(p.stage == "generating" for p in seen) or len(seen) <= 1
+    assert max(sizes) < MAX_PAYLOAD, f"payload of {max(sizes)} bytes"
+    assert [s.workflow_id for s in songs].count(req.request_id) == 1
+    assert next(s for s in songs if s.workflow_id == req.request_id).stage == "done"
+
+
+def test_same_request_id_attaches_instead_of_generating_again(temporal_address, storage, queues):
+    async def main():
+        async with running_workers(temporal_address, storage, *queues) as client:
+            lc = LongsongClient(client, *queues)
+            req = song(duration_s=30)
+            first = await lc.submit(req)
+            second = await lc.submit(req)
+            await lc.result(first.workflow_id)
+            third = await lc.submit(req)
+            runs = [wf async for wf in client.list_workflows(f"WorkflowId = '{req.request_id}'")]
+            return first, second, third, runs
+
+    first, second, third, runs = asyncio.run(main())
+    assert not first.attached and second.attached and third.attached
+    assert len(runs) == 1
+
+
+def test_invalid_request_fails_workflow_without_retry(temporal_address, storage, queues):
+    """The client validates first; a request that bypasses it fails non-retryably in the workflow."""
+    async def main():
+        async with running_workers(temporal_address, storage, *queues) as client:
+            bad = replace(song(), overlap_s=28)
+            handle = await client.start_workflow(SongWorkflow.run, SongJob(bad, *queues), id=bad.request_id,
+                                                 task_queue=queues[1])
+            with pytest.raises(WorkflowFailureError) as err:
+                await handle.result()
+            return bad, err.value
+
+    bad, err = asyncio.run(main())
+    assert isinstance(err.cause, ApplicationError) and err.cause.non_retryable
+    assert err.cause.type == "InvalidRequest" and str(err.cause).startswith("overlap_s:")
+    assert storage.list("audio/") == [] and storage.list(f"work/{bad.request_id}/") == []
+
+
+def test_unknown_engine_is_not_retried(temporal_address, storage, queues):
+    async def main():
+        async with running_workers(temporal_address, storage, *queues) as client:
+            lc = LongsongClient(client, *queues)
+            handle = await lc.submit(song(engine="musicgen", duration_s=30))
+            t0 = time.monotonic()
+            with pytest.raises(Exception) as err:
+                await lc.result(handle.workflow_id)
+            return str(err.value), time.monotonic() - t0
+
+    message, took = asyncio.run(main())
+    assert "'musicgen' is not served" in message and "LONGSONG_ENGINES" in message
+    assert took < 10  # one attempt, no backoff loop
+
+
+class SlowEngine(ProceduralEngine):
+    """The procedural engine, paced like a real model: many steps, ~0.05 s each."""
+
+    def generate(self, req, progress):
+        for step in range(400):
+            time.sleep(0.05)
+            progress(step, 400)
+        return super().generate(req, progress)
+
+
+def test_cancel_stops_running_segment_and_removes_scratch(temporal_address, storage, queues):
+    async def main():
+        registry = EngineRegistry([SlowEngine()])
+        async with running_workers(temporal_address, storage, *queues, registry=registry) as client:
+            lc = LongsongClient(client, *queues)
+            req = song(duration_s=120)
+            handle = await lc.submit(req)
+            for _ in range(100):  # until the first segment is running
+                if storage.list(f"work/{req.request_id}/") or (await lc.progress(handle.workflow_id)).stage == "generating":
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)
+            t0 = time.monotonic()
+            await lc.cancel(handle.workflow_id)
+            with pytest.raises(Exception):
+                await lc.result(handle.workflow_id)
+            took = time.monotonic() - t0
+            status = await lc.status(handle.workflow_id)
+            events = [e async for e in client.get_workflow_handle(handle.workflow_id).fetch_history_events()]
+            return req, took, status, events
+
+    req, took, status, events = asyncio.run(main())
+    assert status == "cancelled"
+    assert took < 8, f"cancellation took {took:.1f} s"
+    assert any(e.HasField("activity_task_canceled_event_attributes") for e in events)
+    assert storage.list(f"work/{req.request_id}/") == []
+    assert storage.list("audio/") == []
+
+
+class FlakyEngine(ProceduralEngine):
+    """Fails the first attempt of every continuation segment with a retryable error (like a GPU OOM)."""
+
+    def __init__(self):
+        super().__init__()
+        self.outputs: dict[int, list] = {}
+
+    def generate(self, req, progress):
+        result = super().generate(req, progress)
+        runs = self.outputs.setdefault(req.seed, [])
+        runs.append(result.audio)
+        if req.context_frames and len(runs) == 1:
+            raise TransientEngineError("out of memory (model procedural, batch 2, window 1500 frames)")
+        return result
+
+
+def test_transient_error_retries_with_same_key_and_same_audio(temporal_address, storage, queues, monkeypatch):
+    monkeypatch.setenv("LONGSONG_KEEP_SCRATCH", "1")
+
+    async def main():
+        flaky = FlakyEngine()
+        async with running_workers(temporal_address, storage, *queues,
+                                   registry=EngineRegistry([flaky])) as client:
+            lc = LongsongClient(client, *queues)
+            req = song(duration_s=45)
+            await lc.result((await lc.submit(req)).workflow_id)
+            meta = json.loads(storage.get_bytes(f"audio/tester/{req.request_id}/metadata.json"))
+            return req, flaky, meta
+
+    req, flaky, meta = asyncio.run(main())
+    segs = meta["plan"]["segments"]
+    assert [s["attempt"] for s in segs] == [1, 2]
+    first, retry = flaky.outputs[segs[1]["seed"]]
+    stored = from_npy_bytes(storage.get_bytes(f"work/{req.request_id}/seg-001.npy"))
+    assert (first == retry).all() and (stored == retry).all()
+
+
+def test_segment_keys_are_deterministic_and_retries_overwrite(temporal_address, storage, queues, monkeypatch):
+    monkeypatch.setenv("LONGSONG_KEEP_SCRATCH", "1")
+
+    async def main():
+        async with running_workers(temporal_address, storage, *queues) as client:
+            lc = LongsongClient(client, *queues)
+            req = song(duration_s=30)
+            await lc.result((await lc.submit(req)).workflow_id)
+            return req
+
+    req = asyncio.run(main())
+    keys = storage.list(f"work/{req.request_id}/")
+    assert f"work/{req.request_id}/seg-000.npy" in keys and f"work/{req.request_id}/master.npy" in keys
+    stored = from_npy_bytes(storage.get_bytes(f"work/{req.request_id}/seg-000.npy"))
+    assert stored.shape == (2, 30 * 32000)

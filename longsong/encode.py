@@ -1,0 +1,161 @@
+"""Final-file encoding and decoding with the ffmpeg binary shipped in the imageio-ffmpeg wheel.
+
+Samples travel as raw interleaved float32 over pipes, so no intermediate files or system ffmpeg
+are needed. Outputs are written to a temporary name beside the target and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import ffmpeg
+import imageio_ffmpeg
+import numpy as np
+
+AI_COMMENT = "AI-generated music (longsong)"
+
+# Per format: ffmpeg muxer name and output options (codec, bitrate, rate).
+_OUTPUT_OPTIONS: dict[str, dict[str, str | int]] = {
+    "wav": {"format": "wav", "acodec": "pcm_s24le"},
+    "flac": {"format": "flac", "acodec": "flac", "sample_fmt": "s32"},
+    "mp3": {"format": "mp3", "acodec": "libmp3lame", "audio_bitrate": "320k", "id3v2_version": 3},
+    "opus": {"format": "opus", "acodec": "libopus", "audio_bitrate": "192k", "ar": 48000},
+}
+CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "opus": "audio/ogg"}
+EXTENSIONS = {"wav": "wav", "flac": "flac", "mp3": "mp3", "opus": "opus"}  # file suffix, no dot
+
+# RIFF INFO tags ffmpeg's WAV muxer writes; other keys would be dropped silently.
+_WAV_INFO_KEYS = frozenset(
+    {"title", "artist", "album", "comment", "copyright", "date", "genre", "language", "track"}
+)
+
+
+class FfmpegMissing(RuntimeError):
+    """No usable ffmpeg binary."""
+
+
+class FfmpegError(RuntimeError):
+    """ffmpeg ran but failed."""
+
+
+def ffmpeg_exe() -> str:
+    """The imageio-ffmpeg binary (or IMAGEIO_FFMPEG_EXE), checked to exist, since imageio-ffmpeg
+    returns the environment variable unverified."""
+    try:
+        exe = imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError:
+        exe = None
+    resolved = exe and (shutil.which(exe) or (exe if os.path.isfile(exe) else None))
+    if not resolved:
+        raise FfmpegMissing(
+            f"ffmpeg binary not found ({exe or 'none bundled'}): "
+            "run `pip install imageio-ffmpeg` or set IMAGEIO_FFMPEG_EXE to an ffmpeg executable"
+        )
+    return resolved
+
+
+def _run(stream: ffmpeg.nodes.OutputStream, data: bytes | None = None) -> bytes:
+    """Run an ffmpeg-python graph; one-line errors carrying ffmpeg's last stderr line."""
+    exe = ffmpeg_exe()
+    try:
+        out, _ = stream.run(cmd=exe, input=data, capture_stdout=True, capture_stderr=True, quiet=True)
+    except ffmpeg.Error as exc:
+        lines = (exc.stderr or b"").decode(errors="replace").strip().splitlines()
+        raise FfmpegError(f"ffmpeg failed: {lines[-1] if lines else 'no error output'}") from None
+    except OSError as exc:
+        raise FfmpegMissing(f"cannot run ffmpeg {exe!r}: {exc}") from None
+    return out
+
+
+def _metadata_options(fmt: str, tags: dict[str, str]) -> dict[str, str]:
+    """`-metadata` options for the tags (comment defaults to an AI disclosure).
+
+    ffmpeg-python emits one option per dict key, so each tag gets its own key
+    `metadata:g:<n>`; ffmpeg ignores what follows the `g` (global) specifier.
+    WAV INFO only holds a fixed set of keys, so other tags are folded into its comment.
+    """
+    tags = {"comment": AI_COMMENT, **tags}
+    if fmt == "wav":
+        extra = [f"{k}={v}" for k, v in tags.items() if k not in _WAV_INFO_KEYS]
+        tags = {k: v for k, v in tags.items() if k in _WAV_INFO_KEYS}
+        tags["comment"] = "\n".join([tags["comment"], *extra])
+    return {f"metadata:g:{i:03d}": f"{k}={v}" for i, (k, v) in enumerate(tags.items())}
+
+
+def encode(audio: np.ndarray, sr: int, fmt: str, path: str | Path, tags: dict[str, str]) -> None:
+    """Encode float audio (channels, samples) to `path` as wav (24-bit), flac, mp3 (320k CBR)
+    or opus (192k, 48 kHz, Ogg), with `tags` as container metadata."""
+    if fmt not in _OUTPUT_OPTIONS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(_OUTPUT_OPTIONS)}")
+    audio = np.atleast_2d(np.asarray(audio, dtype=np.float32))
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    stream = ffmpeg.input("pipe:", format="f32le", ac=audio.shape[0], ar=sr).output(
+        str(tmp), **_OUTPUT_OPTIONS[fmt], **_metadata_options(fmt, tags)
+    )
+    try:
+        _run(stream.overwrite_output(), np.ascontiguousarray(audio.T).tobytes())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _parse_wav_pipe(data: bytes) -> tuple[np.ndarray, int]:
+    """Float32 WAV as streamed by ffmpeg (sizes unset), walking chunks to `data`."""
+    pos, channels, sr = 12, 0, 0
+    while pos + 8 <= len(data):
+        chunk_id, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
+        if chunk_id == b"fmt ":
+            channels = int.from_bytes(data[pos + 10 : pos + 12], "little")
+            sr = int.from_bytes(data[pos + 12 : pos + 16], "little")
+        elif chunk_id == b"data":
+            body = data[pos + 8 :]
+            samples = np.frombuffer(body[: len(body) // (4 * channels) * 4 * channels], "<f4")
+            return samples.reshape(-1, channels).T.copy(), sr
+        pos += 8 + size + (size & 1)
+    raise FfmpegError("ffmpeg failed: decoded stream has no WAV data chunk")
+
+
+def decode(path: str | Path, sr: int | None = None) -> tuple[np.ndarray, int]:
+    """Decode any ffmpeg-readable file to float32 (channels, samples) at its own rate, or
+    resampled to `sr`. Decoding to a float WAV pipe gives rate and channels without ffprobe."""
+    options: dict[str, str | int] = {"format": "wav", "acodec": "pcm_f32le", "map_metadata": -1}
+    if sr is not None:
+        options["ar"] = sr
+    return _parse_wav_pipe(_run(ffmpeg.input(str(path)).output("pipe:", **options)))
+
+
+def read_tags(path: str | Path) -> dict[str, str]:
+    """Container metadata of a file: global tags plus the first audio stream's (Ogg keeps its
+    vorbis comments on the stream), via ffmpeg's ffmetadata text format."""
+    tags: dict[str, str] = {}
+    for source in ("0", "0:s:a:0"):
+        text = _run(ffmpeg.input(str(path)).output("pipe:", format="ffmetadata", map_metadata=source))
+        tags.update(_parse_ffmetadata(text.decode()))
+    return tags
+
+
+def _parse_ffmetadata(text: str) -> dict[str, str]:
+    """Key=value pairs of an ffmetadata dump; backslash escapes `=;#\\` and newlines."""
+    tags: dict[str, str] = {}
+    key, value, escaped, in_value = [], [], False, False
+    for ch in text.split("\n", 1)[1] if "\n" in text else "":
+        if escaped:
+            (value if in_value else key).append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == "=" and not in_value:
+            in_value = True
+        elif ch == "\n":
+            if in_value:
+                tags["".join(key)] = "".join(value)
+            key, value, in_value = [], [], False
+        else:
+            (value if in_value else key).append(ch)
+    if in_value:
+        tags["".join(key)] = "".join(value)
+    return tags

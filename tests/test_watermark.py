@@ -1,0 +1,140 @@
+"""Watermark: the id survives the stored 24-bit WAV and the lossy deliveries, is bound to the key,
+stays inaudible (SNR, loudness, true peak), and unmarked audio is not flagged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyloudnorm
+import pytest
+from scipy import signal
+
+from longsong import encode, watermark
+from longsong.watermark import Detection, detect, embed
+
+SR = 32000
+KEY = b"test-watermark-key"
+TRACK_ID = 0xC0FFEE42
+
+
+def music(seconds: float, channels: int, seed: int) -> np.ndarray:
+    """Music-like test signal: overlapping harmonic notes (11 partials, from a wavetable) with
+    decays plus noise-burst drums, peak-normalised to -1 dBFS."""
+    rng = np.random.default_rng(seed)
+    phase = np.arange(4096) / 4096
+    table = sum(np.sin(2 * np.pi * k * phase + rng.uniform(0, 2 * np.pi)) / k for k in range(1, 12))
+    n = int(seconds * SR)
+    out = np.zeros((channels, n))
+    start = 0.0
+    while start < seconds:
+        length = rng.uniform(0.2, 0.8)
+        i0, m = int(start * SR), int(min(1.5 * length, seconds - start) * SR)
+        t = np.arange(m) / SR
+        env = np.exp(-t / rng.uniform(0.1, 0.6)) * (1 - np.exp(-t / 0.005))
+        for _ in range(rng.integers(1, 4)):
+            f0 = 110 * 2 ** (rng.integers(0, 36) / 12)  # up to 830 Hz: partials stay below 10 kHz
+            tone = table[(f0 * t * 4096).astype(np.int64) % 4096]
+            out[:, i0 : i0 + m] += rng.uniform(0.2, 0.8, (channels, 1)) * 0.2 * env * tone
+        start += length
+    for beat in np.arange(0, seconds - 0.3, 0.5):
+        i0, m = int(beat * SR), int(0.25 * SR)
+        burst = rng.standard_normal((channels, m)) * np.exp(-np.arange(m) / SR / rng.choice([0.02, 0.06]))
+        out[:, i0 : i0 + m] += 0.3 * (np.diff(burst, axis=1, prepend=0) if rng.random() < 0.5 else burst)
+    return (out * 0.89 / np.abs(out).max()).astype(np.float32)
+
+
+def true_peak_db(audio: np.ndarray) -> float:
+    return float(20 * np.log10(np.abs(signal.resample_poly(audio, 4, 1, axis=-1)).max()))
+
+
+@pytest.fixture(scope="module")
+def original() -> np.ndarray:
+    return music(60, 2, seed=1)
+
+
+@pytest.fixture(scope="module")
+def marked(original: np.ndarray) -> np.ndarray:
+    return embed(original, SR, TRACK_ID, KEY)
+
+
+def _through(fmt: str, audio: np.ndarray, folder: Path) -> tuple[np.ndarray, int]:
+    path = folder / f"marked.{encode.EXTENSIONS[fmt]}"
+    encode.encode(audio, SR, fmt, path, {"title": "wm"})
+    return encode.decode(path)
+
+
+def test_round_trip_in_memory(marked: np.ndarray) -> None:
+    assert marked.dtype == np.float32
+    result = detect(marked, SR, KEY)
+    assert result == Detection(True, TRACK_ID, pytest.approx(1.0, abs=1e-6))
+
+
+@pytest.mark.parametrize("fmt", ["wav", "mp3", "opus"])
+def test_survives_delivery_formats(fmt: str, marked: np.ndarray, tmp_path: Path) -> None:
+    audio, sr = _through(fmt, marked, tmp_path)
+    result = detect(audio, sr, KEY)
+    assert result.found and result.track_id == TRACK_ID and result.confidence > 0.999
+
+
+def test_unknown_offset_and_excerpt(marked: np.ndarray, tmp_path: Path) -> None:
+    audio, sr = _through("mp3", marked, tmp_path)
+    shifted = np.concatenate([np.zeros((2, 1105), np.float32), audio], axis=1)  # undelayed decoder
+    assert detect(shifted, sr, KEY).track_id == TRACK_ID
+    excerpt = audio[:, 17 * sr + 333 : 47 * sr]
+    assert detect(excerpt, sr, KEY).track_id == TRACK_ID
+
+
+def test_mono_and_other_rates() -> None:
+    mono = music(30, 1, seed=2)
+    assert detect(embed(mono, SR, 7, KEY), SR, KEY).track_id == 7
+    at_44k = signal.resample_poly(mono, 441, 320, axis=-1).astype(np.float32)
+    marked_44k = embed(at_44k, 44100, 8, KEY)
+    assert detect(marked_44k, 44100, KEY).track_id == 8
+    assert detect(signal.resample_poly(marked_44k, 160, 147, axis=-1), 48000, KEY).track_id == 8
+
+
+@pytest.mark.parametrize("track_id", [0, 1, 2**31, 2**32 - 1, 0x5A5A1234])
+def test_ids_recovered(track_id: int, original: np.ndarray) -> None:
+    excerpt = original[:, 30 * SR : 50 * SR]
+    assert detect(embed(excerpt, SR, track_id, KEY), SR, KEY).track_id == track_id
+
+
+def test_wrong_key_finds_nothing(marked: np.ndarray) -> None:
+    result = detect(marked, SR, b"another-key")
+    assert not result.found and result.track_id is None
+
+
+def test_unmarked_audio_is_not_flagged(original: np.ndarray) -> None:
+    rng = np.random.default_rng(3)
+    candidates = [original, *(music(15, 1 + i % 2, seed=10 + i) for i in range(4)),
+                  (0.1 * rng.standard_normal((2, 20 * SR))).astype(np.float32),
+                  np.zeros((2, 5 * SR), np.float32), np.zeros((1, 10), np.float32)]
+    for audio in candidates:
+        assert detect(audio, SR, KEY) == Detection(False, None, pytest.approx(0.0, abs=0.5))
+
+
+def test_inaudible(original: np.ndarray, marked: np.ndarray) -> None:
+    diff = (marked - original).astype(np.float64)
+    snr_db = 10 * np.log10(np.sum(original.astype(np.float64) ** 2) / np.sum(diff**2))
+    assert snr_db >= 30.0
+    meter = pyloudnorm.Meter(SR)
+    assert abs(meter.integrated_loudness(marked.T) - meter.integrated_loudness(original.T)) < 0.1
+
+
+def test_true_peak_of_limited_master_kept() -> None:
+    limited = np.tanh(6 * music(30, 2, seed=4))
+    limited = (limited * 10 ** ((-1 - true_peak_db(limited)) / 20)).astype(np.float32)  # -1 dBTP
+    marked = embed(limited, SR, TRACK_ID, KEY)
+    assert true_peak_db(marked) - true_peak_db(limited) < 0.1
+    assert detect(marked, SR, KEY).track_id == TRACK_ID
+
+
+def test_rejects_ids_over_32_bits() -> None:
+    with pytest.raises(ValueError, match="32 bits"):
+        embed(np.zeros((1, SR), np.float32), SR, 2**32, KEY)
+
+
+def test_pattern_is_keyed() -> None:
+    a, b = watermark._pattern(b"a"), watermark._pattern(b"b")
+    assert not np.array_equal(a.chips, b.chips) and np.array_equal(a.chips, watermark._pattern(b"a").chips)

@@ -21,6 +21,7 @@ from client import connect
 from longsong import config
 from longsong.encode import FfmpegMissing, ffmpeg_exe
 from longsong.storage import StorageError, open_storage
+from longsong.storage_s3 import StorageUnavailable
 from workflows import SongWorkflow
 
 log = logging.getLogger("longsong.worker_cpu")
@@ -57,7 +58,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(serve())
-    except (FfmpegMissing, StorageError, ConnectionError, ValueError) as e:
+    except (FfmpegMissing, StorageError, StorageUnavailable, ConnectionError, ValueError) as e:
         print(f"worker_cpu: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -25,6 +25,7 @@ from longsong import config
 from longsong.engines.base import EngineError
 from longsong.engines.registry import EngineRegistry
 from longsong.storage import StorageError, open_storage
+from longsong.storage_s3 import StorageUnavailable
 
 log = logging.getLogger("longsong.worker_gpu")
 
@@ -61,7 +62,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(serve())
-    except (EngineError, StorageError, ConnectionError, ValueError) as e:
+    except (EngineError, StorageError, StorageUnavailable, ConnectionError, ValueError) as e:
         print(f"worker_gpu: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -45,7 +45,7 @@ RETRY = RetryPolicy(
     non_retryable_error_types=FATAL_ERRORS,
 )
 SEGMENT_TIMEOUT = timedelta(minutes=30)
-SEGMENT_HEARTBEAT = timedelta(seconds=30)
+SEGMENT_HEARTBEAT = timedelta(seconds=60)  # > one bounded storage call (~45 s)
 CPU_TIMEOUT = timedelta(minutes=10)
 CPU_HEARTBEAT = timedelta(seconds=60)
 MASTERING_ESTIMATE_S = 5.0  # ETA allowance for the CPU stages before they have run

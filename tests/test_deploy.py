@@ -1,0 +1,298 @@
+"""Keep deploy/ honest without Docker: the compose file, the Kubernetes manifests, .env.example and the
+Dockerfiles must agree with the code (task queue names, settings the code reads, search attributes,
+console-script entrypoints)."""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from longsong import config
+from longsong.storage_s3 import _check_bucket, parse_days, parse_link_expiry
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+
+# Python sources that the workers (and the client they share) run.
+CODE = [*sorted((ROOT / "longsong").rglob("*.py")), *sorted((ROOT / "activities").rglob("*.py")),
+        *sorted((ROOT / "workflows").rglob("*.py")), ROOT / "worker_gpu.py", ROOT / "worker_cpu.py",
+        ROOT / "client.py"]
+# Read by temporalio.envconfig (inside the SDK), not by our sources.
+ENVCONFIG = {"TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "TEMPORAL_API_KEY", "TEMPORAL_TLS",
+             "TEMPORAL_TLS_CLIENT_CERT_PATH", "TEMPORAL_TLS_CLIENT_CERT_DATA", "TEMPORAL_TLS_CLIENT_KEY_PATH",
+             "TEMPORAL_TLS_CLIENT_KEY_DATA", "TEMPORAL_TLS_SERVER_CA_CERT_PATH", "TEMPORAL_TLS_SERVER_CA_CERT_DATA",
+             "TEMPORAL_TLS_SERVER_NAME", "TEMPORAL_TLS_DISABLE_HOST_VERIFICATION", "TEMPORAL_PROFILE",
+             "TEMPORAL_CONFIG_FILE"}
+SERVICES = {"postgresql", "temporal-schema", "temporal", "temporal-init", "temporal-ui", "minio", "minio-init",
+            "worker-gpu", "worker-cpu"}
+
+
+def settings_read_by_code() -> set[str]:
+    names: set[str] = set()
+    pattern = re.compile(r"""["']((?:LONGSONG|TEMPORAL|AWS)_[A-Z0-9_]*[A-Z0-9])["']""")
+    for path in CODE:
+        if path.exists():
+            names.update(pattern.findall(path.read_text()))
+    return names | ENVCONFIG | {"HF_HOME"}
+
+
+def env_example() -> tuple[dict[str, str], set[str]]:
+    """(assigned NAME=value, every name mentioned at a line start, assigned or commented out)."""
+    assigned: dict[str, str] = {}
+    mentioned: set[str] = set()
+    for line in (DEPLOY / ".env.example").read_text().splitlines():
+        m = re.match(r"^(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$", line.strip())
+        if m:
+            mentioned.add(m.group(2))
+            if not m.group(1):
+                assigned[m.group(2)] = m.group(3).strip()
+    return assigned, mentioned
+
+
+def compose() -> dict:
+    return yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+
+
+def k8s_docs() -> list[dict]:
+    docs = []
+    for path in sorted(K8S.rglob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def k8s(kind: str, name: str | None = None) -> list[dict]:
+    return [d for d in k8s_docs() if d.get("kind") == kind and (name is None or d["metadata"]["name"] == name)]
+
+
+def sa_pairs(text: str) -> dict[str, str]:
+    return dict(pair.split("=", 1) for pair in text.split())
+
+
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+# ------------------------------------------------------------------------------------------ .env.example
+
+
+def test_env_example_covers_every_setting_the_code_reads():
+    _, mentioned = env_example()
+    missing = sorted(settings_read_by_code() - mentioned)
+    assert not missing, f"add to deploy/.env.example (commented out if optional): {missing}"
+
+
+def test_env_example_values_are_valid():
+    env, _ = env_example()
+    assert env["LONGSONG_GPU_QUEUE"] == config.GPU_QUEUE_DEFAULT
+    assert env["LONGSONG_CPU_QUEUE"] == config.CPU_QUEUE_DEFAULT
+    storage = urlparse(env["LONGSONG_STORAGE"])
+    assert storage.scheme == "s3"
+    _check_bucket(storage.netloc, env["LONGSONG_STORAGE"])
+    assert urlparse(env["AWS_ENDPOINT_URL_S3"]).scheme in ("http", "https")
+    parse_link_expiry(env["LONGSONG_LINK_EXPIRY"])
+    parse_days(env["LONGSONG_SCRATCH_EXPIRY_DAYS"], "LONGSONG_SCRATCH_EXPIRY_DAYS", 2)
+    parse_days(env["LONGSONG_RETENTION_DAYS"], "LONGSONG_RETENTION_DAYS", None)
+    assert int(env["LONGSONG_SHUTDOWN_GRACE_S"]) > 0
+    assert env["HF_HOME"].startswith("/")
+    assert "TEMPORAL_API_KEY" not in env  # an empty API key would still turn TLS on: keep it commented out
+
+
+# ------------------------------------------------------------------------------------------ compose
+
+
+def test_compose_services_and_healthchecks():
+    services = compose()["services"]
+    assert set(services) == SERVICES
+    for name in ("postgresql", "temporal", "minio", "worker-gpu", "worker-cpu"):
+        assert "healthcheck" in services[name], name
+    assert "auto-setup" not in services["temporal"]["image"]  # deprecated image
+    assert services["temporal"]["environment"]["DB"] == "postgres12"
+    assert services["temporal"]["depends_on"]["temporal-schema"]["condition"] == "service_completed_successfully"
+    for worker in ("worker-gpu", "worker-cpu"):
+        deps = services[worker]["depends_on"]
+        assert deps["temporal-init"]["condition"] == "service_completed_successfully"
+        assert deps["minio-init"]["condition"] == "service_completed_successfully"
+        assert services[worker]["env_file"] == [".env"]
+
+
+def test_compose_files_and_variables_exist():
+    text = (DEPLOY / "docker-compose.yml").read_text()
+    assigned, _ = env_example()
+    used = set(re.findall(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*)", text))
+    assert not used - set(assigned), f"compose uses variables .env.example does not set: {used - set(assigned)}"
+    services = compose()["services"]
+    for name, svc in services.items():
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (DEPLOY / source).exists(), f"{name}: {source}"
+        entry = svc.get("entrypoint")
+        if entry and entry[0] == "/bin/sh":
+            mount = next(v for v in svc["volumes"] if v.split(":")[1] in entry[1])
+            host, inside = mount.split(":")[:2]
+            script = DEPLOY / host / Path(entry[1]).relative_to(inside)
+            assert script.exists(), script
+            if shutil.which("sh"):
+                subprocess.run(["sh", "-n", str(script)], check=True)
+        build = svc.get("build")
+        if build:
+            assert (DEPLOY / build["context"] / build["dockerfile"]).exists()
+
+
+def test_compose_gpu_worker():
+    gpu = compose()["services"]["worker-gpu"]
+    env, _ = env_example()
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    targets = [v.split(":", 1)[1] for v in gpu["volumes"]]
+    assert "${HF_HOME:-" + env["HF_HOME"] + "}" in targets  # the model cache volume sits at HF_HOME
+    assert "$$LONGSONG_GPU_QUEUE" in gpu["healthcheck"]["test"][1]
+    assert "$$LONGSONG_CPU_QUEUE" in compose()["services"]["worker-cpu"]["healthcheck"]["test"][1]
+
+
+def test_compose_stop_grace_longer_than_shutdown_grace():
+    env, _ = env_example()
+    for name in ("worker-gpu", "worker-cpu"):
+        grace = compose()["services"][name]["stop_grace_period"]
+        m = re.fullmatch(r"(\d+)([sm])", grace)
+        seconds = int(m.group(1)) * (60 if m.group(2) == "m" else 1)
+        assert seconds > int(env["LONGSONG_SHUTDOWN_GRACE_S"]), name
+
+
+def test_compose_bucket_and_search_attributes():
+    services = compose()["services"]
+    assert sa_pairs(services["temporal-init"]["environment"]["SEARCH_ATTRIBUTES"]) == config.SEARCH_ATTRIBUTES
+    init_env = services["minio-init"]["environment"]
+    assert init_env["LONGSONG_STORAGE"].startswith("${LONGSONG_STORAGE")  # same bucket as the workers
+    assert init_env["AWS_ACCESS_KEY_ID"].startswith("${AWS_ACCESS_KEY_ID")
+
+
+# ------------------------------------------------------------------------------------------ Dockerfiles
+
+
+def dockerfile(kind: str) -> str:
+    return (DEPLOY / f"Dockerfile.{kind}").read_text()
+
+
+@pytest.mark.parametrize("kind", ["gpu", "cpu"])
+def test_dockerfile_entrypoint_is_a_console_script(kind):
+    m = re.search(r"^ENTRYPOINT\s+(\[.*\])\s*$", dockerfile(kind), re.M)
+    assert m, "ENTRYPOINT in exec form, so SIGTERM reaches the worker"
+    entry = yaml.safe_load(m.group(1))
+    assert entry == [f"longsong-worker-{kind}"]
+    project = pyproject()
+    target = project["project"]["scripts"][entry[0]]
+    module, func = target.split(":")
+    assert module in project["tool"]["setuptools"]["py-modules"] or module.split(".")[0] in \
+        project["tool"]["setuptools"]["packages"]
+    path = ROOT / (module.replace(".", "/") + ".py")
+    assert path.exists(), f"{target}: {path} is missing"
+    tree = ast.parse(path.read_text())
+    assert any(isinstance(n, ast.FunctionDef) and n.name == func for n in tree.body), f"{target}: no {func}()"
+
+
+def test_dockerfiles_install_the_package():
+    gpu, cpu = dockerfile("gpu"), dockerfile("cpu")
+    assert re.search(r"^FROM \$\{CUDA_IMAGE\}", gpu, re.M) and "ARG CUDA_IMAGE=nvidia/cuda:" in gpu
+    assert 'pip install ".[gpu]"' in gpu
+    assert re.search(r"pip install \.(\s|$)", cpu) and "[gpu]" not in cpu
+    for text in (gpu, cpu):
+        assert "USER 10001" in text
+        assert "snapshot_download" not in text and "hf download" not in text  # weights are mounted, not baked in
+    assert (ROOT / "README.md").exists()  # pyproject's readme, needed by `pip install .`
+
+
+# ------------------------------------------------------------------------------------------ Kubernetes
+
+
+def test_k8s_manifests_parse_and_are_listed():
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    for resource in kustomization["resources"]:
+        assert (K8S / resource).exists(), resource
+    for doc in k8s_docs():
+        if doc.get("kind") not in ("Kustomization", "Namespace"):
+            assert doc["metadata"]["namespace"] == kustomization["namespace"]
+
+
+def test_k8s_config_matches_code():
+    cm = k8s("ConfigMap", "longsong-config")[0]["data"]
+    secret = k8s("Secret", "longsong-secrets")[0]["stringData"]
+    _, mentioned = env_example()
+    assert cm["LONGSONG_GPU_QUEUE"] == config.GPU_QUEUE_DEFAULT
+    assert cm["LONGSONG_CPU_QUEUE"] == config.CPU_QUEUE_DEFAULT
+    assert not (set(cm) | set(secret)) - mentioned, "ConfigMap/Secret use names .env.example does not know"
+    for required in ("TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "LONGSONG_STORAGE", "HF_HOME"):
+        assert required in cm
+    for required in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "LONGSONG_WATERMARK_KEY"):
+        assert required in secret
+    assert not (set(cm) & set(secret))
+    parse_link_expiry(cm["LONGSONG_LINK_EXPIRY"])
+
+
+@pytest.mark.parametrize("kind", ["gpu", "cpu"])
+def test_k8s_worker_deployments(kind):
+    cm = k8s("ConfigMap", "longsong-config")[0]["data"]
+    dep = k8s("Deployment", f"longsong-worker-{kind}")[0]
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert "replicas" not in dep["spec"]  # KEDA owns it
+    pod = dep["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] in {i["name"] for i in kustomization["images"]}
+    refs = {next(iter(r.values()))["name"] for r in container["envFrom"]}
+    assert refs == {"longsong-config", "longsong-secrets"}
+    env = {**cm, **{e["name"]: e["value"] for e in container.get("env", [])}}
+    assert pod["terminationGracePeriodSeconds"] > int(env["LONGSONG_SHUTDOWN_GRACE_S"])
+    mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+    assert env["LONGSONG_HOME"] in mounts
+    if kind == "gpu":
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+        assert env["HF_HOME"] in mounts
+        assert pod["terminationGracePeriodSeconds"] >= 120  # a segment can take minutes
+    else:
+        assert "nvidia.com/gpu" not in str(container["resources"])
+
+
+def test_keda_scaled_objects():
+    cm = k8s("ConfigMap", "longsong-config")[0]["data"]
+    queues = {"longsong-worker-gpu": cm["LONGSONG_GPU_QUEUE"], "longsong-worker-cpu": cm["LONGSONG_CPU_QUEUE"]}
+    scaled = k8s("ScaledObject")
+    assert {s["spec"]["scaleTargetRef"]["name"] for s in scaled} == set(queues)
+    for so in scaled:
+        target = so["spec"]["scaleTargetRef"]["name"]
+        assert k8s("Deployment", target)
+        (trigger,) = so["spec"]["triggers"]
+        meta = trigger["metadata"]
+        assert trigger["type"] == "temporal"
+        assert meta["taskQueue"] == queues[target]
+        assert meta["endpoint"] == cm["TEMPORAL_ADDRESS"]
+        assert meta["namespace"] == cm["TEMPORAL_NAMESPACE"]
+    gpu = next(s for s in scaled if s["spec"]["scaleTargetRef"]["name"] == "longsong-worker-gpu")
+    assert gpu["spec"]["triggers"][0]["metadata"]["queueTypes"] == "activity"
+    assert gpu["spec"]["triggers"][0]["metadata"]["workflowTaskQueueForCount"] == cm["LONGSONG_CPU_QUEUE"]
+
+
+def test_search_attributes_everywhere():
+    job = k8s("Job", "longsong-search-attributes")[0]
+    env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert sa_pairs(env["SEARCH_ATTRIBUTES"]) == config.SEARCH_ATTRIBUTES
+    readme = (DEPLOY / "README.md").read_text()
+    m = re.search(r"for sa in ([^;]+); do", readme)
+    assert m and sa_pairs(m.group(1)) == config.SEARCH_ATTRIBUTES
+
+
+def test_readme_covers_the_operations():
+    readme = (DEPLOY / "README.md").read_text()
+    for phrase in ("docker compose up", "kubectl apply -k deploy/k8s", "LONGSONG_GPU_QUEUE=longsong-gpu-v2",
+                   "temporal operator search-attribute create", "Helm", "Temporal Cloud", "TEMPORAL_API_KEY",
+                   "maxReplicaCount"):
+        assert phrase in readme, phrase

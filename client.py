@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlparse
 
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
-from temporalio.common import TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.envconfig import ClientConfig
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -99,7 +99,7 @@ class LongsongClient:
         return cls(await connect(address, namespace, profile))
 
     def _handle(self, workflow_id: str) -> WorkflowHandle:
-        return self.client.get_workflow_handle(workflow_id)
+        return self.client.get_workflow_handle_for(SongWorkflow.run, workflow_id)
 
     async def submit(self, request: SongRequest) -> SongHandle:
         """Validate (nothing starts on bad input), then start; an existing request_id is attached to."""
@@ -123,7 +123,8 @@ class LongsongClient:
                 execution_timeout=timedelta(hours=12),
                 memo={"prompt": req.prompt, "duration_s": req.duration_s},
                 search_attributes=TypedSearchAttributes([
-                    USER.value_set(req.user_id), ENGINE.value_set(req.engine), STAGE.value_set("queued"),
+                    SearchAttributePair(USER, req.user_id), SearchAttributePair(ENGINE, req.engine),
+                    SearchAttributePair(STAGE, "queued"),
                 ]),
                 static_summary=summary,
                 static_details=f"**Prompt:** {req.prompt}\n\n**Duration:** {req.duration_s:g} s  \n"
@@ -150,7 +151,7 @@ class LongsongClient:
 
     async def result(self, workflow_id: str) -> SongResult:
         try:
-            return await self._handle(workflow_id).result(result_type=SongResult)
+            return await self._handle(workflow_id).result()
         except WorkflowFailureError as e:
             raise SongFailed(f"song {workflow_id} did not complete: {_root_cause(e)}") from None
 

@@ -99,9 +99,14 @@ def _spawn(name: str, cmd: list[str], env: dict[str, str]) -> int:
     return proc.pid
 
 
-def _wait_ready(svc: Service, marker: str, timeout: float) -> None:
+def _log_size(name: str) -> int:
+    log = config.home() / "logs" / f"{name}.log"
+    return log.stat().st_size if log.exists() else 0
+
+
+def _wait_ready(svc: Service, marker: str, start: int, timeout: float) -> None:
+    """Wait for `marker` in the part of the log written since offset `start`."""
     deadline = time.monotonic() + timeout
-    start = svc.log.stat().st_size if svc.log.exists() else 0
     while time.monotonic() < deadline:
         text = svc.log.read_text(errors="replace")[start:] if svc.log.exists() else ""
         if marker in text:
@@ -134,12 +139,14 @@ def up(timeout: float = 120.0) -> list[Service]:
             if not _alive(pid) or time.monotonic() > deadline:
                 raise DevStackError(f"the Temporal dev server did not start (log: {config.home()}/logs/temporal.log)")
             time.sleep(0.2)
+    offsets = {}
     for name, module in (("worker-gpu", "worker_gpu"), ("worker-cpu", "worker_cpu")):
         if name not in running:
+            offsets[name] = _log_size(name)
             _spawn(name, [sys.executable, "-m", module], env)
     for svc in services():
-        if svc.name in READY_MARKERS and svc.name not in running:
-            _wait_ready(svc, READY_MARKERS[svc.name], timeout)
+        if svc.name in offsets:
+            _wait_ready(svc, READY_MARKERS[svc.name], offsets[svc.name], timeout)
     return services()
 
 

@@ -96,13 +96,14 @@ def test_cli_makes_a_three_minute_track(stack, tmp_path):
 
 def test_cli_rejects_bad_input_with_one_line(stack):
     env, home = stack
+    before = sorted((home / "objects").rglob("*"))
     for args, field in ((["--duration", "5"], "duration_s"), (["--format", "aac"], "formats"),
                         (["--bpm", "500"], "bpm"), (["--section", "10:late"], "sections[0].start_s")):
         run = cli("generate", "x", *args, env=env)
         assert run.returncode == 2
         lines = run.stderr.strip().splitlines()
         assert len(lines) == 1 and field in lines[0], run.stderr
-    assert not (home / "objects" / "audio").exists() or not any((home / "objects" / "audio").rglob("*.mp3"))
+    assert sorted((home / "objects").rglob("*")) == before  # nothing written
 
 
 def test_cli_unreachable_server(tmp_path):

@@ -103,19 +103,30 @@ class FileStorage(Storage):
     def _path(self, key: str) -> Path:
         return self.root / _check_key(key)
 
-    def put_file(self, key, path, content_type="application/octet-stream", metadata=None):
+    def _publish(self, key: str, write) -> ObjectInfo:
+        """Write through `write(tmp_path)` into {root}/.tmp, then rename into place (atomic)."""
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.root / ".tmp" / f"{uuid.uuid4().hex}"
         try:
-            shutil.copyfile(path, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
+            write(tmp)
             info = ObjectInfo(key, tmp.stat().st_size, sha256_file(tmp))
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
         return info
+
+    def put_file(self, key, path, content_type="application/octet-stream", metadata=None):
+        return self._publish(key, lambda tmp: shutil.copyfile(path, tmp))
+
+    def put_bytes(self, key, data, content_type="application/octet-stream", metadata=None):
+        return self._publish(key, lambda tmp: tmp.write_bytes(data))
+
+    def get_bytes(self, key):
+        src = self._path(key)
+        if not src.is_file():
+            raise FileNotFoundError(f"no object {key!r} in {self.url}")
+        return src.read_bytes()
 
     def get_file(self, key, path):
         src = self._path(key)

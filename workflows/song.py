@@ -113,7 +113,7 @@ class SongWorkflow:
         done = workflow.now()
         stage_timings["publishing_s"] = (done - t_master).total_seconds()
         stage_timings["total_s"] = (done - self._started).total_seconds()
-        busy = sum(s.generate_s for s in segments) + sum(master.timings.values()) + sum(published.timings.values())
+        busy = sum(s.generate_s for s in segments) + sum(master.timings.values()) + published.timings["wall_s"]
         stage_timings["orchestration_s"] = max(0.0, stage_timings["total_s"] - busy)
         self._set_stage("done")
         first = segments[0]

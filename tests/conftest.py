@@ -110,3 +110,6 @@ def clean_env(monkeypatch, tmp_path):
             monkeypatch.delenv(name)
     monkeypatch.setenv("LONGSONG_HOME", str(tmp_path / "home"))
     return tmp_path
+
+
+from s3_server import s3_env, s3_server  # noqa: E402,F401  (fixtures for any test)

@@ -216,3 +216,31 @@ def test_segment_keys_are_deterministic_and_retries_overwrite(temporal_address, 
     assert f"work/{req.request_id}/seg-000.npy" in keys and f"work/{req.request_id}/master.npy" in keys
     stored = from_npy_bytes(storage.get_bytes(f"work/{req.request_id}/seg-000.npy"))
     assert stored.shape == (2, 30 * 32000)
+
+
+def test_song_end_to_end_on_s3(temporal_address, s3_env, queues, tmp_path):
+    """The same workflow with the S3 backend (moto's server on loopback): presigned links download."""
+    from s3_server import new_bucket_name
+
+    from longsong.storage import open_storage
+    from longsong.tracks import complete_tracks
+
+    s3 = open_storage(f"s3://{new_bucket_name()}/songs")
+
+    async def main():
+        async with running_workers(temporal_address, s3, *queues) as client:
+            lc = LongsongClient(client, *queues)
+            req = song(duration_s=40, formats=["mp3", "flac"])
+            result = await lc.result((await lc.submit(req)).workflow_id)
+            files = await lc.download(req.request_id, tmp_path / "dl")
+            return req, result, files
+
+    req, result, files = asyncio.run(main())
+    assert result.urls["mp3"].startswith("http://127.0.0.1") and "X-Amz-Signature" in result.urls["mp3"]
+    assert complete_tracks(s3) == [f"audio/tester/{req.request_id}/"]
+    assert s3.list(f"work/{req.request_id}/") == []
+    meta = json.loads(files["metadata"].read_text())
+    assert meta["files"]["flac"]["size"] == files["flac"].stat().st_size
+    from longsong.storage import sha256_file
+
+    assert meta["files"]["mp3"]["sha256"] == sha256_file(files["mp3"])

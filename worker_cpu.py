@@ -37,7 +37,7 @@ async def serve() -> None:
         client,
         task_queue=config.cpu_queue(),
         workflows=[SongWorkflow],
-        activities=[acts.assemble_and_master, acts.publish, acts.cleanup_scratch],
+        activities=[acts.finish_song, acts.cleanup_scratch],
         activity_executor=ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="post"),
         max_concurrent_activities=concurrency,
         max_heartbeat_throttle_interval=timedelta(seconds=2),

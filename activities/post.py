@@ -1,4 +1,4 @@
-"""CPU activities: assemble + master + watermark, then encode + store, then scratch cleanup.
+"""CPU activities: finish a song (assemble, master, watermark, encode, store), and scratch cleanup.
 
 Each reads its inputs from the object store by key and writes outputs by deterministic key,
 so a retry overwrites instead of duplicating.
@@ -18,19 +18,11 @@ from temporalio import activity
 from activities.errors import classified, worker_identity
 from longsong import config
 from longsong.assemble import assemble
-from longsong.audio_io import from_npy_bytes, to_npy_bytes
+from longsong.audio_io import from_npy_bytes
 from longsong.encode import CONTENT_TYPES, EXTENSIONS, decode, encode
 from longsong.manifest import build_manifest, track_tags
 from longsong.mastering import master, true_peak_dbtp
-from longsong.payloads import (
-    MasterJob,
-    MasterOutcome,
-    PublishJob,
-    PublishOutcome,
-    StoredFile,
-    scratch_prefix,
-    track_prefix,
-)
+from longsong.payloads import FinishJob, FinishOutcome, Mastered, StoredFile, scratch_prefix, track_prefix
 from longsong.storage import COMMIT_MARKER, Storage
 from longsong.watermark import embed
 from longsong.waveform import render_waveform
@@ -66,64 +58,44 @@ class PostActivities:
     def __init__(self, storage: Storage):
         self.storage = storage
 
-    @activity.defn(name="assemble_and_master")
-    def assemble_and_master(self, job: MasterJob) -> MasterOutcome:
-        """Crossfade the windows, master the whole track (never per segment), then watermark."""
+    @activity.defn(name="finish_song")
+    def finish_song(self, job: FinishJob) -> FinishOutcome:
+        """Crossfade the windows, master the whole track (never per segment), watermark, then encode
+        every format and draw the waveform in parallel, upload, and write metadata.json last (the
+        commit marker). One activity, so the mastered audio never makes a scratch round trip."""
+        started = time.perf_counter()
         timings: dict[str, float] = {}
-        with classified():
+        req = job.request
+        prefix = track_prefix(req.user_id, req.request_id)
+        engine, model = job.segments[0].engine, job.segments[0].model
+        object_meta = {"request-id": req.request_id, "engine": engine, "model": model}
+        with classified(), tempfile.TemporaryDirectory(prefix="longsong-finish-") as tmp:
             t = time.perf_counter()
             windows = [from_npy_bytes(self.storage.get_bytes(s.audio_key)) for s in job.segments]
             sr = job.segments[0].sample_rate
             track, seams = assemble(windows, job.plan, sr)
+            del windows
             timings["assemble_s"] = time.perf_counter() - t
-            activity.heartbeat("assembled")
             t = time.perf_counter()
-            mastered, report = master(track, sr, job.request.loudness_lufs, job.request.true_peak_dbtp)
+            mastered, report = master(track, sr, req.loudness_lufs, req.true_peak_dbtp)
             timings["master_s"] = time.perf_counter() - t
             activity.heartbeat("mastered")
             t = time.perf_counter()
-            marked = embed(mastered, sr, job.watermark_id, config.watermark_key())
+            audio = embed(mastered, sr, job.watermark_id, config.watermark_key())
             timings["watermark_s"] = time.perf_counter() - t
-            t = time.perf_counter()
-            self.storage.put_bytes(job.out_key, to_npy_bytes(marked))
-            timings["store_s"] = time.perf_counter() - t
-        return MasterOutcome(
-            key=job.out_key,
-            sample_rate=sr,
-            channels=int(marked.shape[0]),
-            n_samples=int(marked.shape[1]),
-            loudness_before_lufs=report.loudness_before_lufs,
-            loudness_lufs=report.loudness_lufs,
-            true_peak_dbtp=report.true_peak_dbtp,
-            limiter_gain_reduction_db=report.limiter_reduction_db,
-            seams=seams,
-            timings=timings,
-            worker=worker_identity(),
-        )
+            activity.heartbeat("watermarked")
 
-    @activity.defn(name="publish")
-    def publish(self, job: PublishJob) -> PublishOutcome:
-        """Encode every format, draw the waveform, upload, and write metadata.json last (commit marker)."""
-        started = time.perf_counter()
-        timings: dict[str, float] = {}
-        req, m = job.request, job.master
-        prefix = track_prefix(req.user_id, req.request_id)
-        engine, model = job.segments[0].engine, job.segments[0].model
-        object_meta = {"request-id": req.request_id, "engine": engine, "model": model}
-        files: dict[str, StoredFile] = {}
-        true_peaks: dict[str, float] = {}
-        with classified(), tempfile.TemporaryDirectory(prefix="longsong-publish-") as tmp:
-            audio = from_npy_bytes(self.storage.get_bytes(m.key))
             tags = track_tags(req, engine, model)
             png = Path(tmp) / "waveform.png"
+            local: dict[str, tuple[Path, str]] = {}
+            true_peaks: dict[str, float] = {}
             # ffmpeg runs as a subprocess and numpy releases the GIL: encode formats and draw in parallel.
             with ThreadPoolExecutor(max_workers=2) as pool:
-                encodes = {fmt: pool.submit(_encode_checked, audio, m.sample_rate, fmt,
-                                            Path(tmp) / f"track.{EXTENSIONS[fmt]}", tags, req.true_peak_dbtp)
-                           for fmt in req.formats}
-                drawn = pool.submit(_timed, render_waveform, audio, m.sample_rate, png,
-                                    [s.start_s for s in m.seams], req.prompt[:80])
-                local: dict[str, tuple[Path, str]] = {}
+                encodes = {fmt: pool.submit(_encode_checked, audio, sr, fmt, Path(tmp) / f"track.{EXTENSIONS[fmt]}",
+                                            tags, req.true_peak_dbtp)
+                           for fmt in sorted(req.formats, key=lambda f: f not in LOSSY)}  # slowest first
+                drawn = pool.submit(_timed, render_waveform, audio, sr, png, [s.start_s for s in seams],
+                                    req.prompt[:80])
                 for fmt, future in encodes.items():
                     path, peak, seconds = future.result()
                     if peak is not None:
@@ -133,18 +105,22 @@ class PostActivities:
                     activity.heartbeat(fmt)
                 timings["waveform_s"] = drawn.result()
             local["waveform"] = (png, "image/png")
+
             t = time.perf_counter()
+            files: dict[str, StoredFile] = {}
             for name, (path, ctype) in local.items():
                 info = self.storage.put_file(prefix + path.name, path, ctype, object_meta)
                 files[name] = StoredFile(info.key, info.size, info.sha256, ctype)
             timings["store_s"] = time.perf_counter() - t
-            timings["wall_s"] = time.perf_counter() - started  # encodes overlap: not the sum of the parts
-            manifest = build_manifest(job, files, true_peaks, timings, worker_identity())
-            meta_key = prefix + COMMIT_MARKER
-            info = self.storage.put_bytes(meta_key, manifest, "application/json", object_meta)
+            facts = Mastered(sr, int(audio.shape[0]), int(audio.shape[1]), report.loudness_before_lufs,
+                             report.loudness_lufs, report.true_peak_dbtp, report.limiter_reduction_db, seams,
+                             true_peaks)
+            timings["wall_s"] = time.perf_counter() - started
+            manifest = build_manifest(job, facts, files, timings, worker_identity())
+            info = self.storage.put_bytes(prefix + COMMIT_MARKER, manifest, "application/json", object_meta)
             files["metadata"] = StoredFile(info.key, info.size, info.sha256, "application/json")
             urls = {name: self.storage.link(f.key) for name, f in files.items()}
-        return PublishOutcome(prefix, files, true_peaks, timings, worker_identity(), urls)
+        return FinishOutcome(prefix, files, facts, timings, worker_identity(), urls)
 
     @activity.defn(name="cleanup_scratch")
     def cleanup_scratch(self, request_id: str) -> int:

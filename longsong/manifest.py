@@ -7,7 +7,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 
 from longsong import __version__
-from longsong.payloads import PublishJob, StoredFile
+from longsong.payloads import FinishJob, Mastered, StoredFile
 from longsong.request import SongRequest
 
 
@@ -22,10 +22,10 @@ def track_tags(req: SongRequest, engine: str, model: str) -> dict[str, str]:
     }
 
 
-def build_manifest(job: PublishJob, files: dict[str, StoredFile], encoded_true_peaks: dict[str, float],
-                   publish_timings: dict[str, float], worker: str) -> bytes:
+def build_manifest(job: FinishJob, m: Mastered, files: dict[str, StoredFile], finish_timings: dict[str, float],
+                   worker: str) -> bytes:
     """Everything needed to tell how this track was made: request, seeds, plan, engine, DSP figures."""
-    m, first = job.master, job.segments[0]
+    first = job.segments[0]
     manifest = {
         "generator": f"longsong {__version__}",
         "ai_generated": True,
@@ -63,19 +63,17 @@ def build_manifest(job: PublishJob, files: dict[str, StoredFile], encoded_true_p
             "true_peak_dbtp": m.true_peak_dbtp,
             "ceiling_dbtp": job.request.true_peak_dbtp,
             "limiter_gain_reduction_db": m.limiter_gain_reduction_db,
-            "encoded_true_peak_dbtp": encoded_true_peaks,
+            "encoded_true_peak_dbtp": m.encoded_true_peak_dbtp,
         },
         "watermark": {"id": job.watermark_id, "id_hex": f"{job.watermark_id:08x}"},
         "files": {name: asdict(f) for name, f in files.items()},
         "timings": {
             "stages_s": job.stage_timings,
-            "mastering_s": m.timings,
-            "publish_s": publish_timings,
+            "finish_s": finish_timings,
         },
         "workers": {
             "gpu": sorted({o.worker for o in job.segments}),
-            "mastering": m.worker,
-            "publish": worker,
+            "cpu": worker,
         },
         "started_at": job.started_at,
         "finished_at": datetime.now(timezone.utc).isoformat(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +54,8 @@ class MasterReport:
 def integrated_loudness(audio: np.ndarray, sr: int) -> float:
     """BS.1770-4 gated integrated loudness in LUFS (-inf for digital silence)."""
     with np.errstate(divide="ignore"):
-        return float(pyloudnorm.Meter(sr).integrated_loudness(np.asarray(audio, np.float64).T))
+        # (samples, channels), C-contiguous float64: pyloudnorm's filters run ~1.5x faster than on a view
+        return float(pyloudnorm.Meter(sr).integrated_loudness(np.ascontiguousarray(audio.T, np.float64)))
 
 
 @functools.lru_cache(maxsize=1)
@@ -172,16 +174,28 @@ def limit_true_peak(audio: np.ndarray, sr: int, ceiling_dbtp: float, lookahead_m
                     release_ms: float = 100.0) -> tuple[np.ndarray, float]:
     """Lookahead true-peak limiter; returns (audio, deepest reduction in dB). The output's true
     peak is at most the ceiling; audio already under it comes back unchanged."""
+    out, reduction, _ = _limit(audio, sr, ceiling_dbtp, lookahead_ms, release_ms)
+    return out, reduction
+
+
+def _limit(audio: np.ndarray, sr: int, ceiling_dbtp: float, lookahead_ms: float = 3.0,
+           release_ms: float = 100.0, env: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
+    """limit_true_peak, also returning the output's true peak (dBTP) without measuring twice;
+    `env` is the input's true-peak envelope when the caller already has it."""
     ceiling_dbtp -= _FLOAT_HAIR_DB
     audio = np.asarray(audio, np.float32)
-    gain = _gain_curve(true_peak_envelope(audio), sr, ceiling_dbtp, lookahead_ms, release_ms)
+    env = true_peak_envelope(audio) if env is None else env
+    gain = _gain_curve(env, sr, ceiling_dbtp, lookahead_ms, release_ms)
     if gain is None:
-        return audio.copy(), 0.0
+        peak = float(env.max(initial=0.0))
+        return audio.copy(), 0.0, 20 * math.log10(peak) if peak > 0 else float("-inf")
     out = audio * gain
-    excess = true_peak_dbtp(out, sr) - ceiling_dbtp
+    peak_db = true_peak_dbtp(out, sr)
+    excess = peak_db - ceiling_dbtp
     if excess > 0:  # safety net: a moving gain's interpolation could leave a hair over
         out *= np.float32(10 ** (-excess / 20))
-    return out, -20 * math.log10(float(gain.min())) + max(excess, 0.0)
+        peak_db -= excess
+    return out, -20 * math.log10(float(gain.min())) + max(excess, 0.0), peak_db
 
 
 def apply_fade_out(audio: np.ndarray, sr: int, seconds: float) -> np.ndarray:
@@ -202,21 +216,24 @@ def master(audio: np.ndarray, sr: int, target_lufs: float = -14.0, ceiling_dbtp:
     the loudness. Where the target is out of reach under the ceiling, the closest pass wins."""
     duration = audio.shape[-1] / sr
     faded = apply_fade_out(audio, sr, min(fade_out_s, FADE_FRACTION * duration))
-    before = integrated_loudness(faded, sr)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the envelope's BLAS work overlaps pyloudnorm's
+        envelope = pool.submit(true_peak_envelope, faded)
+        before = integrated_loudness(faded, sr)
+        faded_env = envelope.result()
     if not before >= SILENCE_LUFS:
         raise SilentTrackError(f"track is silent or near-silent: integrated loudness {before:.1f} "
                                f"LUFS is below {SILENCE_LUFS:g} LUFS, nothing to master")
     gain_db = target_lufs - before
-    best: tuple[np.ndarray, float, float, float] | None = None  # audio, loudness, gain, reduction
+    best: tuple[np.ndarray, float, float, float, float] | None = None  # audio, loudness, gain, reduction, peak
     for _ in range(MAX_PASSES):
-        out, reduction = limit_true_peak(faded * np.float32(10 ** (gain_db / 20)), sr,
-                                         ceiling_dbtp - margin_db)
+        gain = np.float32(10 ** (gain_db / 20))  # the envelope of a scaled signal is the scaled envelope
+        out, reduction, peak = _limit(faded * gain, sr, ceiling_dbtp - margin_db, env=faded_env * gain)
         # untouched by the limiter, loudness just follows the gain (the gates scale with it)
         loudness = integrated_loudness(out, sr) if reduction > 0 else before + gain_db
         if best is None or abs(loudness - target_lufs) < abs(best[1] - target_lufs):
-            best = out, loudness, gain_db, reduction
+            best = out, loudness, gain_db, reduction, peak
         if abs(loudness - target_lufs) <= LOUDNESS_TOLERANCE_LU:
             break
         gain_db += target_lufs - loudness
-    out, loudness, gain_db, reduction = best
-    return out, MasterReport(before, loudness, true_peak_dbtp(out, sr), gain_db, reduction)
+    out, loudness, gain_db, reduction, peak = best
+    return out, MasterReport(before, loudness, peak, gain_db, reduction)

@@ -71,27 +71,16 @@ class SeamReport:
 
 
 @dataclass
-class MasterJob:
+class FinishJob:
+    """Everything the CPU stage needs: the windows by key, and what the manifest records."""
+
     request: SongRequest
+    seed: int
     plan: Plan
     segments: list[SegmentOutcome]
     watermark_id: int
-    out_key: str  # scratch key of the mastered, watermarked float audio
-
-
-@dataclass
-class MasterOutcome:
-    key: str
-    sample_rate: int
-    channels: int
-    n_samples: int
-    loudness_before_lufs: float
-    loudness_lufs: float
-    true_peak_dbtp: float
-    limiter_gain_reduction_db: float
-    seams: list[SeamReport]
-    timings: dict[str, float]
-    worker: str
+    started_at: str  # ISO time the workflow started
+    stage_timings: dict[str, float]
 
 
 @dataclass
@@ -103,23 +92,24 @@ class StoredFile:
 
 
 @dataclass
-class PublishJob:
-    request: SongRequest
-    seed: int
-    plan: Plan
-    segments: list[SegmentOutcome]
-    master: MasterOutcome
-    watermark_id: int
-    started_at: str  # ISO time the workflow started
-    stage_timings: dict[str, float]
+class Mastered:
+    sample_rate: int
+    channels: int
+    n_samples: int
+    loudness_before_lufs: float
+    loudness_lufs: float
+    true_peak_dbtp: float
+    limiter_gain_reduction_db: float
+    seams: list[SeamReport]
+    encoded_true_peak_dbtp: dict[str, float]  # per lossy format, measured on the decoded file
 
 
 @dataclass
-class PublishOutcome:
+class FinishOutcome:
     prefix: str
     files: dict[str, StoredFile]  # "mp3"/"wav"/... plus "metadata" and "waveform"
-    encoded_true_peak_dbtp: dict[str, float]  # per lossy format, measured on the decoded file
-    timings: dict[str, float]
+    mastered: Mastered
+    timings: dict[str, float]  # per step, plus "wall_s" (encodes overlap, so not their sum)
     worker: str
     urls: dict[str, str] = field(default_factory=dict)  # download links (presigned on S3)
 
@@ -137,7 +127,7 @@ class SongJob:
 class Progress:
     """As of `updated_at` (workflow time); the client ages elapsed/ETA to its own clock."""
 
-    stage: str  # queued, generating, mastering, publishing, done, failed, cancelled
+    stage: str  # queued, generating, finishing, done, failed, cancelled
     segments_done: int
     segments_total: int
     elapsed_s: float

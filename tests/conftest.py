@@ -94,7 +94,7 @@ async def running_workers(address: str, storage, gpu_queue: str, cpu_queue: str,
                  default_heartbeat_throttle_interval=timedelta(seconds=2),
                  graceful_shutdown_timeout=timedelta(seconds=5))
     cpu = Worker(client, task_queue=cpu_queue, workflows=[SongWorkflow],
-                 activities=[post.assemble_and_master, post.publish, post.cleanup_scratch],
+                 activities=[post.finish_song, post.cleanup_scratch],
                  activity_executor=ThreadPoolExecutor(2), max_concurrent_activities=2,
                  max_heartbeat_throttle_interval=timedelta(seconds=2))
     async with gpu, cpu:

@@ -29,11 +29,11 @@ def test_recorded_history_replays(path):
 
 @workflow.defn(name="SongWorkflow")
 class ReorderedSongWorkflow:
-    """A careless change: mastering scheduled before any segment. Replay must catch it."""
+    """A careless change: finishing scheduled before any segment. Replay must catch it."""
 
     @workflow.run
     async def run(self, job: SongJob) -> SongResult:
-        await workflow.execute_activity("assemble_and_master", job, task_queue=job.cpu_queue,
+        await workflow.execute_activity("finish_song", job, task_queue=job.cpu_queue,
                                         start_to_close_timeout=timedelta(minutes=1))
         raise AssertionError("unreachable in replay")
 

@@ -213,7 +213,7 @@ def test_segment_keys_are_deterministic_and_retries_overwrite(temporal_address, 
 
     req = asyncio.run(main())
     keys = storage.list(f"work/{req.request_id}/")
-    assert f"work/{req.request_id}/seg-000.npy" in keys and f"work/{req.request_id}/master.npy" in keys
+    assert keys == [f"work/{req.request_id}/seg-000.npy", f"work/{req.request_id}/seg-000.state"]
     stored = from_npy_bytes(storage.get_bytes(f"work/{req.request_id}/seg-000.npy"))
     assert stored.shape == (2, 30 * 32000)
 

@@ -1,4 +1,4 @@
-"""SongWorkflow: validate -> plan -> segments on the GPU queue -> master and publish on the CPU queue.
+"""SongWorkflow: validate -> plan -> segments on the GPU queue -> finish (master, encode, store) on the CPU queue.
 
 The workflow only decides: it passes object-store keys (claim check), never audio, and
 imports nothing heavy (the sandbox loads only `longsong.request/plan/payloads`).
@@ -15,11 +15,9 @@ from temporalio.exceptions import ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from longsong.payloads import (
-        MasterJob,
-        MasterOutcome,
+        FinishJob,
+        FinishOutcome,
         Progress,
-        PublishJob,
-        PublishOutcome,
         Sampling,
         SegmentJob,
         SegmentOutcome,
@@ -48,7 +46,7 @@ SEGMENT_TIMEOUT = timedelta(minutes=30)
 SEGMENT_HEARTBEAT = timedelta(seconds=60)  # > one bounded storage call (~45 s)
 CPU_TIMEOUT = timedelta(minutes=10)
 CPU_HEARTBEAT = timedelta(seconds=60)
-MASTERING_ESTIMATE_S = 5.0  # ETA allowance for the CPU stages before they have run
+FINISHING_ESTIMATE_S = 5.0  # ETA allowance for the CPU stage before it has run
 
 
 @workflow.defn(name="SongWorkflow")
@@ -77,33 +75,17 @@ class SongWorkflow:
         try:
             segments = await self._generate(req, plan, gpu_queue)
             t_gen = workflow.now()
-            self._set_stage("mastering")
-            master: MasterOutcome = await workflow.execute_activity(
-                "assemble_and_master",
-                MasterJob(req, plan, segments, watermark_id, f"{scratch_prefix(req.request_id)}master.npy"),
-                result_type=MasterOutcome,
+            self._set_stage("finishing")
+            finished: FinishOutcome = await workflow.execute_activity(
+                "finish_song",
+                FinishJob(req, seed, plan, segments, watermark_id, self._started.isoformat(),
+                          {"generation_s": (t_gen - self._started).total_seconds()}),
+                result_type=FinishOutcome,
                 task_queue=cpu_queue,
                 start_to_close_timeout=CPU_TIMEOUT,
                 heartbeat_timeout=CPU_HEARTBEAT,
                 retry_policy=RETRY,
-                summary="assemble, master, watermark",
-            )
-            t_master = workflow.now()
-            self._set_stage("publishing")
-            stage_timings = {
-                "generation_s": (t_gen - self._started).total_seconds(),
-                "mastering_s": (t_master - t_gen).total_seconds(),
-            }
-            published: PublishOutcome = await workflow.execute_activity(
-                "publish",
-                PublishJob(req, seed, plan, segments, master, watermark_id, self._started.isoformat(),
-                           stage_timings),
-                result_type=PublishOutcome,
-                task_queue=cpu_queue,
-                start_to_close_timeout=CPU_TIMEOUT,
-                heartbeat_timeout=CPU_HEARTBEAT,
-                retry_policy=RETRY,
-                summary="encode " + ", ".join(req.formats) + " and store",
+                summary="assemble, master, watermark, encode " + ", ".join(req.formats) + ", store",
             )
         except (Exception, asyncio.CancelledError) as e:
             self._set_stage("cancelled" if is_cancelled_exception(e) else "failed")
@@ -111,26 +93,27 @@ class SongWorkflow:
             raise
         await self._cleanup(req.request_id, cpu_queue)
         done = workflow.now()
-        stage_timings["publishing_s"] = (done - t_master).total_seconds()
-        stage_timings["total_s"] = (done - self._started).total_seconds()
-        busy = sum(s.generate_s for s in segments) + sum(master.timings.values()) + published.timings["wall_s"]
-        stage_timings["orchestration_s"] = max(0.0, stage_timings["total_s"] - busy)
+        total = (done - self._started).total_seconds()
+        generation = sum(s.generate_s for s in segments)
+        finishing = finished.timings["wall_s"]
+        timings = {"total_s": total, "generation_s": generation, "finishing_s": finishing,
+                   "orchestration_s": max(0.0, total - generation - finishing)}
         self._set_stage("done")
-        first = segments[0]
+        first, m = segments[0], finished.mastered
         return SongResult(
             request_id=req.request_id,
             user_id=req.user_id,
             status="completed",
-            duration_s=master.n_samples / master.sample_rate,
+            duration_s=m.n_samples / m.sample_rate,
             seed=seed,
             engine=first.engine,
             model=first.model,
-            loudness_lufs=master.loudness_lufs,
-            true_peak_dbtp=master.true_peak_dbtp,
+            loudness_lufs=m.loudness_lufs,
+            true_peak_dbtp=m.true_peak_dbtp,
             watermark_id=watermark_id,
-            files={name: f.key for name, f in published.files.items()},
-            timings=stage_timings,
-            urls=published.urls,
+            files={name: f.key for name, f in finished.files.items()},
+            timings=timings,
+            urls=finished.urls,
         )
 
     async def _generate(self, req: SongRequest, plan: Plan, gpu_queue: str) -> list[SegmentOutcome]:
@@ -199,10 +182,10 @@ class SongWorkflow:
         if self._stage in ("done", "failed", "cancelled"):
             eta = 0.0
         elif self._segment_s:
-            eta = remaining * sum(self._segment_s) / len(self._segment_s) + MASTERING_ESTIMATE_S
+            eta = remaining * sum(self._segment_s) / len(self._segment_s) + FINISHING_ESTIMATE_S
         else:
             eta = None
-        weight = {"mastering": 0.95, "publishing": 0.98, "done": 1.0}
+        weight = {"finishing": 0.95, "done": 1.0}
         if self._stage in weight:
             percent = int(100 * weight[self._stage])
         else:

@@ -19,7 +19,7 @@ from activities.errors import classified, worker_identity
 from longsong import config
 from longsong.assemble import assemble
 from longsong.audio_io import from_npy_bytes
-from longsong.encode import CONTENT_TYPES, EXTENSIONS, decode, encode
+from longsong.encode import CONTENT_TYPES, EXTENSIONS, encode, encode_and_decode
 from longsong.manifest import build_manifest, track_tags
 from longsong.mastering import master, true_peak_dbtp
 from longsong.payloads import FinishJob, FinishOutcome, Mastered, StoredFile, scratch_prefix, track_prefix
@@ -38,19 +38,19 @@ def _timed(fn, *args) -> float:
 
 def _encode_checked(audio: np.ndarray, sr: int, fmt: str, path: Path, tags: dict[str, str],
                     ceiling_dbtp: float) -> tuple[Path, float | None, float]:
-    """Encode; for lossy formats decode back and measure the true peak. Decoder overshoot past
-    ceiling + 0.1 dB (rare: dense material near the encoder's low-pass) gets one static trim."""
+    """Encode; lossy formats are decoded back while they encode and their true peak measured.
+    Decoder overshoot past ceiling + 0.1 dB (rare: dense material near the encoder's low-pass)
+    gets one static trim."""
     t = time.perf_counter()
-    encode(audio, sr, fmt, path, tags)
-    peak = None
-    if fmt in LOSSY:
-        decoded, dsr = decode(path)
+    if fmt not in LOSSY:
+        encode(audio, sr, fmt, path, tags)
+        return path, None, time.perf_counter() - t
+    decoded, dsr = encode_and_decode(audio, sr, fmt, path, tags)
+    peak = true_peak_dbtp(decoded, dsr)
+    if peak > ceiling_dbtp + 0.05:
+        trim = 10 ** ((ceiling_dbtp - 0.05 - peak) / 20)
+        decoded, dsr = encode_and_decode(audio * trim, sr, fmt, path, tags)
         peak = true_peak_dbtp(decoded, dsr)
-        if peak > ceiling_dbtp + 0.05:
-            trim = 10 ** ((ceiling_dbtp - 0.05 - peak) / 20)
-            encode(audio * trim, sr, fmt, path, tags)
-            decoded, dsr = decode(path)
-            peak = true_peak_dbtp(decoded, dsr)
     return path, peak, time.perf_counter() - t
 
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import tempfile
+import threading
 import uuid
 from pathlib import Path
 
@@ -26,6 +29,9 @@ _OUTPUT_OPTIONS: dict[str, dict[str, str | int]] = {
             "id3v2_version": 3},
     "opus": {"format": "opus", "acodec": "libopus", "audio_bitrate": "192k", "ar": 48000},
 }
+# Options that belong to the muxer rather than the encoder (the tee muxer takes them per output).
+_MUXER_OPTIONS = frozenset({"format", "id3v2_version"})
+_DEMUXERS = {"wav": "wav", "flac": "flac", "mp3": "mp3", "opus": "ogg"}  # reading a muxer's output back
 CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "opus": "audio/ogg"}
 EXTENSIONS = {"wav": "wav", "flac": "flac", "mp3": "mp3", "opus": "opus"}  # file suffix, no dot
 
@@ -90,19 +96,83 @@ def _metadata_options(fmt: str, tags: dict[str, str]) -> dict[str, str]:
 def encode(audio: np.ndarray, sr: int, fmt: str, path: str | Path, tags: dict[str, str]) -> None:
     """Encode float audio (channels, samples) to `path` as wav (24-bit), flac, mp3 (320k CBR)
     or opus (192k, 48 kHz, Ogg), with `tags` as container metadata."""
-    if fmt not in _OUTPUT_OPTIONS:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(_OUTPUT_OPTIONS)}")
-    audio = np.atleast_2d(np.asarray(audio, dtype=np.float32))
+    audio, options = _prepare(audio, fmt)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    stream = ffmpeg.input("pipe:", format="f32le", ac=audio.shape[0], ar=sr).output(
-        str(tmp), **_OUTPUT_OPTIONS[fmt], **_metadata_options(fmt, tags)
-    )
+    stream = _pcm_input(audio, sr).output(str(tmp), **options, **_metadata_options(fmt, tags))
     try:
         _run(stream.overwrite_output(), np.ascontiguousarray(audio.T).tobytes())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def encode_and_decode(audio: np.ndarray, sr: int, fmt: str, path: str | Path,
+                      tags: dict[str, str]) -> tuple[np.ndarray, int]:
+    """`encode`, and decode the encoded stream back while it is being written: ffmpeg's tee muxer
+    writes the file and a copy of the same packets to a pipe that a second ffmpeg decodes. Checking
+    what a lossy codec did then costs no extra pass. The piped copy has no Xing/Info header (only the
+    seekable file gets one), so the decoded audio may keep the encoder delay and padding: fine for
+    peak measurements, not for sample alignment."""
+    audio, options = _prepare(audio, fmt)
+    path = Path(path)
+    muxer = {k: v for k, v in options.items() if k in _MUXER_OPTIONS}
+    codec = {k: v for k, v in options.items() if k not in _MUXER_OPTIONS}
+    spec = ":".join(f"f={muxer['format']}" if k == "format" else f"{k}={v}" for k, v in muxer.items())
+    tmp_name = f".longsong-{uuid.uuid4().hex}.tmp"  # plain name: ffmpeg runs in the target folder
+    exe = ffmpeg_exe()
+    enc_args = _pcm_input(audio, sr).output(
+        f"[{spec}]{tmp_name}|[f={muxer['format']}]pipe:1", format="tee", map="0:a", **codec,
+        **_metadata_options(fmt, tags)).global_args("-v", "error").overwrite_output().compile(cmd=exe)
+    dec_args = ffmpeg.input("pipe:0", format=_DEMUXERS[fmt]).output(
+        "pipe:1", format="wav", acodec="pcm_f32le", map_metadata=-1).global_args("-v", "error").compile(cmd=exe)
+    pcm = np.ascontiguousarray(audio.T).tobytes()
+    with tempfile.TemporaryFile() as enc_err, tempfile.TemporaryFile() as dec_err:
+        try:
+            enc = subprocess.Popen(enc_args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=enc_err,
+                                   cwd=path.parent)
+            dec = subprocess.Popen(dec_args, stdin=enc.stdout, stdout=subprocess.PIPE, stderr=dec_err)
+        except OSError as exc:
+            raise FfmpegMissing(f"cannot run ffmpeg {exe!r}: {exc}") from None
+        enc.stdout.close()  # the decoder holds the read end now
+
+        def feed() -> None:
+            try:
+                enc.stdin.write(pcm)
+            except BrokenPipeError:  # ffmpeg failed early; its exit code and stderr say why
+                pass
+            finally:
+                enc.stdin.close()
+
+        writer = threading.Thread(target=feed, daemon=True)
+        writer.start()
+        decoded = dec.stdout.read()
+        writer.join()
+        codes = enc.wait(), dec.wait()
+        tmp = path.parent / tmp_name
+        try:
+            failures = []
+            for role, code, err in zip(("encoder", "decoder"), codes, (enc_err, dec_err)):
+                if code != 0:
+                    err.seek(0)
+                    lines = err.read().decode(errors="replace").strip().splitlines()
+                    failures.append(f"{role}: {lines[-1] if lines else f'exit code {code}'}")
+            if failures:
+                raise FfmpegError(f"ffmpeg failed: {'; '.join(failures)}")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return _parse_wav_pipe(decoded)
+
+
+def _prepare(audio: np.ndarray, fmt: str) -> tuple[np.ndarray, dict[str, str | int]]:
+    if fmt not in _OUTPUT_OPTIONS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(_OUTPUT_OPTIONS)}")
+    return np.atleast_2d(np.asarray(audio, dtype=np.float32)), _OUTPUT_OPTIONS[fmt]
+
+
+def _pcm_input(audio: np.ndarray, sr: int):
+    return ffmpeg.input("pipe:", format="f32le", ac=audio.shape[0], ar=sr)
 
 
 def _parse_wav_pipe(data: bytes) -> tuple[np.ndarray, int]:

@@ -147,3 +147,41 @@ def test_decode_failure_names_ffmpeg_reason(tmp_path: Path) -> None:
     with pytest.raises(FfmpegError, match="^ffmpeg failed: .+") as info:
         decode(bogus)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "opus"])
+def test_encode_and_decode_gives_the_file_and_its_decoded_audio(fmt: str, stereo: np.ndarray,
+                                                                tmp_path: Path) -> None:
+    from longsong.mastering import true_peak_dbtp
+
+    folder = tmp_path / "odd [name]|with:chars"  # the tee muxer's separators, in the folder name
+    folder.mkdir()
+    teed = folder / f"t.{EXTENSIONS[fmt]}"
+    decoded, sr = encode.encode_and_decode(stereo, SR, fmt, teed, TAGS)
+    separate = tmp_path / f"s.{EXTENSIONS[fmt]}"
+    encode.encode(stereo, SR, fmt, separate, TAGS)
+    reference, ref_sr = decode(separate)
+    assert sorted(p.name for p in folder.iterdir()) == [teed.name]
+    assert read_tags(teed) == read_tags(separate)
+    if fmt == "mp3":
+        assert teed.read_bytes() == separate.read_bytes()
+    assert sr == ref_sr and decoded.shape[0] == 2
+    # The piped copy lacks the Xing header, so it may keep encoder delay/padding (< 0.1 s).
+    assert 0 <= decoded.shape[1] - reference.shape[1] < sr // 10
+    assert true_peak_dbtp(decoded, sr) == pytest.approx(true_peak_dbtp(reference, sr), abs=0.01)
+
+
+def test_encode_and_decode_failure_leaves_no_partial_file(monkeypatch: pytest.MonkeyPatch, stereo: np.ndarray,
+                                                          tmp_path: Path) -> None:
+    fake = tmp_path / "bin" / "ffmpeg"
+    fake.parent.mkdir()
+    # Writes a partial output where the tee muxer would (the file before "|"), then fails.
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do case "$a" in *"|"*) n="${a#*]}"; echo partial > "${n%%|*}";; '
+                    'esac; done\ncat > /dev/null\necho "Error: disk on fire" >&2\nexit 1\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(fake))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(FfmpegError, match="^ffmpeg failed: encoder: Error: disk on fire; decoder: .+$"):
+        encode.encode_and_decode(stereo, SR, "mp3", out / "song.mp3", {})
+    assert list(out.iterdir()) == []

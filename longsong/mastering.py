@@ -1,6 +1,9 @@
 """Whole-track mastering: fade-out, loudness to target, true-peak limiting.
 
-Integrated loudness is ITU-R BS.1770-4 via pyloudnorm. pyloudnorm has no true-peak meter
+Integrated loudness is ITU-R BS.1770-4 via pyloudnorm's meter: its K-weighting filters and gating
+constants, with the gating vectorised (pyloudnorm sums each 400 ms block in a Python loop: 0.3 s
+of a 4-minute track, paid twice when the limiter works); tests hold it to pyloudnorm's own
+`integrated_loudness` within 1e-6 LU. pyloudnorm has no true-peak meter
 (its peak normalisation uses sample peak), so the 4x-oversampling meter (BS.1770-4 Annex 2
 style) is ours: a windowed-sinc polyphase interpolator run as one matrix product per block
 of samples, which keeps a 240 s stereo track at ~0.1-0.2 s on two CPU cores.
@@ -51,11 +54,42 @@ class MasterReport:
     limiter_reduction_db: float  # the deepest gain reduction the limiter applied (>= 0)
 
 
+_CHANNEL_GAINS = (1.0, 1.0, 1.0, 1.41, 1.41)  # BS.1770 G_i for L, R, C, Ls, Rs (pyloudnorm's)
+
+
 def integrated_loudness(audio: np.ndarray, sr: int) -> float:
-    """BS.1770-4 gated integrated loudness in LUFS (-inf for digital silence)."""
-    with np.errstate(divide="ignore"):
-        # (samples, channels), C-contiguous float64: pyloudnorm's filters run ~1.5x faster than on a view
-        return float(pyloudnorm.Meter(sr).integrated_loudness(np.ascontiguousarray(audio.T, np.float64)))
+    """BS.1770-4 gated integrated loudness in LUFS of (channels, samples) audio; -inf for silence.
+
+    pyloudnorm.Meter's algorithm step for step (same filters, block bounds, gates), with each
+    channel filtered in its own thread (scipy's lfilter releases the GIL) and block energies
+    taken from a cumulative sum instead of a Python loop."""
+    audio = np.atleast_2d(audio)
+    meter = pyloudnorm.Meter(sr)
+    pyloudnorm.util.valid_audio(audio.T, sr, meter.block_size)
+    stages = list(meter._filters.values())
+
+    def weighted_energy(channel: np.ndarray) -> np.ndarray:
+        x = np.asarray(channel, dtype=np.float64)
+        for stage in stages:
+            x = stage.apply_filter(x)
+        return np.concatenate(([0.0], np.cumsum(np.square(x))))
+
+    with ThreadPoolExecutor(max_workers=min(2, audio.shape[0])) as pool:
+        cumulative = np.stack(list(pool.map(weighted_energy, audio)))
+    block, step = meter.block_size, 1.0 - meter.overlap
+    n_blocks = int(np.round((audio.shape[1] / sr - block) / (block * step))) + 1
+    j = np.arange(n_blocks)
+    lower = (block * (j * step) * sr).astype(np.int64)  # the same float expressions as pyloudnorm's
+    upper = np.minimum((block * (j * step + 1) * sr).astype(np.int64), audio.shape[1])
+    z = (cumulative[:, upper] - cumulative[:, lower]) / (block * sr)  # mean square per channel and block
+    gains = np.array(_CHANNEL_GAINS[: audio.shape[0]])[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        block_lufs = -0.691 + 10 * np.log10((gains * z).sum(axis=0))
+        above = block_lufs >= SILENCE_LUFS
+        relative = -0.691 + 10 * np.log10((gains[:, 0] * z[:, above].sum(axis=1) / above.sum()).sum()) - 10
+        gated = (block_lufs > relative) & (block_lufs > SILENCE_LUFS)
+        energy = np.nan_to_num(z[:, gated].sum(axis=1) / gated.sum())  # no block passes: silence
+        return float(-0.691 + 10 * np.log10((gains[:, 0] * energy).sum()))
 
 
 @functools.lru_cache(maxsize=1)

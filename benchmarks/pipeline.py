@@ -60,6 +60,26 @@ async def one_song(address: str, storage: FileStorage, duration: float, formats:
     }
 
 
+def procedural_one_core(windows: int = 4) -> float:
+    """The procedural engine alone, pinned to one thread: x real time from CPU time per 30 s window."""
+    from threadpoolctl import threadpool_limits
+
+    from longsong.engines.base import WindowRequest
+    from longsong.engines.procedural import ProceduralEngine
+    from longsong.payloads import Sampling
+
+    engine = ProceduralEngine()
+    texts = ["120 bpm, A minor, house, dark", "hip hop, chill, verse", "ambient, calm, piano",
+             "drum and bass, chorus"]
+    with threadpool_limits(1):
+        engine.generate(WindowRequest(texts[0], 1, 1500, 0, Sampling(), None), lambda d, t: None)  # warm caches
+        started = time.process_time()
+        for i in range(windows):
+            engine.generate(WindowRequest(texts[i % len(texts)], i, 1500, 0, Sampling(), None), lambda d, t: None)
+        cpu = (time.process_time() - started) / windows
+    return 30.0 / cpu
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=float, default=240)
@@ -70,6 +90,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, dev_server(Path(tmp) / "t.db") as address:
         storage = FileStorage(Path(tmp) / "objects")
         runs = [asyncio.run(one_song(address, storage, args.duration, formats)) for _ in range(args.runs)]
+    one_core = procedural_one_core()
     print(f"# pipeline benchmark: {args.duration:g} s procedural song, formats {formats}")
     print(f"# machine: {cpu_name()}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}")
     for i, r in enumerate(runs):
@@ -81,6 +102,7 @@ def main() -> None:
               f"generation {args.duration / r['generation_s']:.0f}x real time")
         print(f"       mastering (assemble, master, watermark, encode, waveform, store; encodes overlap): "
               f"{', '.join(f'{k} {v:.2f}' for k, v in r['detail'].items())}")
+    print(f"procedural engine on one thread: {one_core:.0f}x real time (CPU time per 30 s window)")
 
 
 if __name__ == "__main__":

@@ -66,16 +66,65 @@ def ffmpeg_exe() -> str:
 
 
 def _run(stream: ffmpeg.nodes.OutputStream, data: bytes | None = None) -> bytes:
-    """Run an ffmpeg-python graph; one-line errors carrying ffmpeg's last stderr line."""
+    """Run an ffmpeg-python graph: `data` to its stdin, its stdout back; one-line errors."""
     exe = ffmpeg_exe()
+    return _run_chain([("", stream.compile(cmd=exe))], data)
+
+
+def _run_chain(commands: list[tuple[str, list[str]]], data: bytes | None, cwd: Path | None = None) -> bytes:
+    """Run (role, argv) commands as a shell pipeline: `data` into the first, each stdout into the
+    next's stdin, the last one's stdout returned. Input goes in one write from a thread (not
+    communicate()'s 4 KB select loop); stderr goes to temp files, so nothing can deadlock. A
+    failure raises FfmpegError with each failed command's last stderr line (prefixed by its role)."""
+    procs: list[subprocess.Popen] = []
+    errs = [tempfile.TemporaryFile() for _ in commands]
+    writer = None
     try:
-        out, _ = stream.run(cmd=exe, input=data, capture_stdout=True, capture_stderr=True, quiet=True)
-    except ffmpeg.Error as exc:
-        lines = (exc.stderr or b"").decode(errors="replace").strip().splitlines()
-        raise FfmpegError(f"ffmpeg failed: {lines[-1] if lines else 'no error output'}") from None
-    except OSError as exc:
-        raise FfmpegMissing(f"cannot run ffmpeg {exe!r}: {exc}") from None
+        upstream = subprocess.PIPE if data is not None else subprocess.DEVNULL
+        for (_, argv), err in zip(commands, errs):
+            argv = [argv[0], "-hide_banner", "-nostats", "-loglevel", "error", *argv[1:]]  # stderr: errors only
+            try:
+                procs.append(subprocess.Popen(argv, stdin=upstream, stdout=subprocess.PIPE, stderr=err, cwd=cwd))
+            except OSError as exc:
+                raise FfmpegMissing(f"cannot run ffmpeg {argv[0]!r}: {exc}") from None
+            if len(procs) > 1:
+                procs[-2].stdout.close()  # the next command holds the read end now
+            upstream = procs[-1].stdout
+        if data is not None:
+            writer = threading.Thread(target=_feed, args=(procs[0].stdin, data), daemon=True)
+            writer.start()
+        out = procs[-1].stdout.read()
+        if writer is not None:
+            writer.join()
+        codes = [proc.wait() for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    failures = []
+    for (role, _), code, err in zip(commands, codes, errs):
+        if code != 0:
+            err.seek(0)
+            lines = err.read().decode(errors="replace").strip().splitlines()
+            failures.append(f"{role + ': ' if role else ''}{lines[-1] if lines else f'exit code {code}'}")
+    for err in errs:
+        err.close()
+    if failures:
+        raise FfmpegError(f"ffmpeg failed: {'; '.join(failures)}")
     return out
+
+
+def _feed(pipe, data: bytes) -> None:
+    try:
+        pipe.write(data)
+    except BrokenPipeError:  # ffmpeg stopped early; its exit code and stderr say why
+        pass
+    finally:
+        try:
+            pipe.close()
+        except BrokenPipeError:
+            pass
 
 
 def _metadata_options(fmt: str, tags: dict[str, str]) -> dict[str, str]:
@@ -121,47 +170,18 @@ def encode_and_decode(audio: np.ndarray, sr: int, fmt: str, path: str | Path,
     spec = ":".join(f"f={muxer['format']}" if k == "format" else f"{k}={v}" for k, v in muxer.items())
     tmp_name = f".longsong-{uuid.uuid4().hex}.tmp"  # plain name: ffmpeg runs in the target folder
     exe = ffmpeg_exe()
-    enc_args = _pcm_input(audio, sr).output(
+    encoder = _pcm_input(audio, sr).output(
         f"[{spec}]{tmp_name}|[f={muxer['format']}]pipe:1", format="tee", map="0:a", **codec,
-        **_metadata_options(fmt, tags)).global_args("-v", "error").overwrite_output().compile(cmd=exe)
-    dec_args = ffmpeg.input("pipe:0", format=_DEMUXERS[fmt]).output(
-        "pipe:1", format="wav", acodec="pcm_f32le", map_metadata=-1).global_args("-v", "error").compile(cmd=exe)
-    pcm = np.ascontiguousarray(audio.T).tobytes()
-    with tempfile.TemporaryFile() as enc_err, tempfile.TemporaryFile() as dec_err:
-        try:
-            enc = subprocess.Popen(enc_args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=enc_err,
-                                   cwd=path.parent)
-            dec = subprocess.Popen(dec_args, stdin=enc.stdout, stdout=subprocess.PIPE, stderr=dec_err)
-        except OSError as exc:
-            raise FfmpegMissing(f"cannot run ffmpeg {exe!r}: {exc}") from None
-        enc.stdout.close()  # the decoder holds the read end now
-
-        def feed() -> None:
-            try:
-                enc.stdin.write(pcm)
-            except BrokenPipeError:  # ffmpeg failed early; its exit code and stderr say why
-                pass
-            finally:
-                enc.stdin.close()
-
-        writer = threading.Thread(target=feed, daemon=True)
-        writer.start()
-        decoded = dec.stdout.read()
-        writer.join()
-        codes = enc.wait(), dec.wait()
-        tmp = path.parent / tmp_name
-        try:
-            failures = []
-            for role, code, err in zip(("encoder", "decoder"), codes, (enc_err, dec_err)):
-                if code != 0:
-                    err.seek(0)
-                    lines = err.read().decode(errors="replace").strip().splitlines()
-                    failures.append(f"{role}: {lines[-1] if lines else f'exit code {code}'}")
-            if failures:
-                raise FfmpegError(f"ffmpeg failed: {'; '.join(failures)}")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        **_metadata_options(fmt, tags)).overwrite_output()
+    decoder = ffmpeg.input("pipe:0", format=_DEMUXERS[fmt]).output(
+        "pipe:1", format="wav", acodec="pcm_f32le", map_metadata=-1)
+    tmp = path.parent / tmp_name
+    try:
+        decoded = _run_chain([("encoder", encoder.compile(cmd=exe)), ("decoder", decoder.compile(cmd=exe))],
+                             np.ascontiguousarray(audio.T).tobytes(), cwd=path.parent)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return _parse_wav_pipe(decoded)
 
 

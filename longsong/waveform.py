@@ -90,7 +90,7 @@ def render_waveform(audio: np.ndarray, sr: int, path: str | Path, seams_s: list[
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        fig.savefig(tmp, format="png", dpi=DPI)
+        fig.savefig(tmp, format="png", dpi=DPI, pil_kwargs={"compress_level": 1})  # zlib level 6 costs 0.1 s
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -126,18 +126,27 @@ def test_missing_binary_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, stereo
     assert list(tmp_path.iterdir()) == []
 
 
-def test_ffmpeg_failure_leaves_no_partial_file(monkeypatch: pytest.MonkeyPatch, stereo: np.ndarray,
-                                               tmp_path: Path) -> None:
+@pytest.mark.parametrize(("run", "message"), [
+    (lambda audio, path: encode.encode(audio, SR, "flac", path.with_suffix(".flac"), {}),
+     "^ffmpeg failed: Error: disk on fire$"),
+    (lambda audio, path: encode.encode_and_decode(audio, SR, "mp3", path.with_suffix(".mp3"), {}),
+     "^ffmpeg failed: encoder: Error: disk on fire; decoder: Error: disk on fire$"),
+], ids=["encode", "encode_and_decode"])
+def test_ffmpeg_failure_leaves_no_partial_file(run, message: str, monkeypatch: pytest.MonkeyPatch,
+                                               stereo: np.ndarray, tmp_path: Path) -> None:
     fake = tmp_path / "bin" / "ffmpeg"
     fake.parent.mkdir()
-    fake.write_text('#!/bin/sh\nfor a in "$@"; do case "$a" in *.tmp) echo partial > "$a";; esac; done\n'
-                    'cat > /dev/null\necho "some progress" >&2\necho "Error: disk on fire" >&2\nexit 1\n')
+    # Writes a partial output where ffmpeg would (a *.tmp argument, or the tee muxer's file before
+    # "|"), then fails.
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do case "$a" in *"|"*) n="${a#*]}"; echo partial > "${n%%|*}";; '
+                    '*.tmp) echo partial > "$a";; esac; done\n'
+                    'cat > /dev/null\necho "Error: disk on fire" >&2\nexit 1\n')
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(fake))
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(FfmpegError, match="^ffmpeg failed: Error: disk on fire$"):
-        encode.encode(stereo, SR, "flac", out / "song.flac", {})
+    with pytest.raises(FfmpegError, match=message):
+        run(stereo, out / "song")
     assert list(out.iterdir()) == []
 
 
@@ -169,19 +178,3 @@ def test_encode_and_decode_gives_the_file_and_its_decoded_audio(fmt: str, stereo
     # The piped copy lacks the Xing header, so it may keep encoder delay/padding (< 0.1 s).
     assert 0 <= decoded.shape[1] - reference.shape[1] < sr // 10
     assert true_peak_dbtp(decoded, sr) == pytest.approx(true_peak_dbtp(reference, sr), abs=0.01)
-
-
-def test_encode_and_decode_failure_leaves_no_partial_file(monkeypatch: pytest.MonkeyPatch, stereo: np.ndarray,
-                                                          tmp_path: Path) -> None:
-    fake = tmp_path / "bin" / "ffmpeg"
-    fake.parent.mkdir()
-    # Writes a partial output where the tee muxer would (the file before "|"), then fails.
-    fake.write_text('#!/bin/sh\nfor a in "$@"; do case "$a" in *"|"*) n="${a#*]}"; echo partial > "${n%%|*}";; '
-                    'esac; done\ncat > /dev/null\necho "Error: disk on fire" >&2\nexit 1\n')
-    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(fake))
-    out = tmp_path / "out"
-    out.mkdir()
-    with pytest.raises(FfmpegError, match="^ffmpeg failed: encoder: Error: disk on fire; decoder: .+$"):
-        encode.encode_and_decode(stereo, SR, "mp3", out / "song.mp3", {})
-    assert list(out.iterdir()) == []

@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -29,6 +30,13 @@ from longsong.request import SongRequest  # noqa: E402
 from longsong.storage import FileStorage  # noqa: E402
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process (both workers run in it) and of its finished children (ffmpeg): the
+    work content, less sensitive than wall time to a busy shared host."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def cpu_name() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -42,10 +50,12 @@ async def one_song(address: str, storage: FileStorage, duration: float, formats:
         lc = LongsongClient(client, *queues)
         req = SongRequest(prompt="driving synthwave", duration_s=duration, bpm=110, key="A minor",
                           formats=formats, user_id="bench")
+        cpu0 = cpu_seconds()
         t0 = time.perf_counter()
         handle = await lc.submit(req)
         result = await lc.wait(handle.workflow_id, poll_s=0.5)
         wall = time.perf_counter() - t0
+        cpu = cpu_seconds() - cpu0
         meta = (storage.root / result.files["metadata"]).read_text()
     m = json.loads(meta)
     generation = sum(s["generate_s"] for s in m["plan"]["segments"])
@@ -56,6 +66,7 @@ async def one_song(address: str, storage: FileStorage, duration: float, formats:
         "mastering_s": finish["wall_s"],
         "orchestration_s": wall - generation - finish["wall_s"],
         "segments": len(m["plan"]["segments"]),
+        "cpu_s": cpu,
         "detail": finish,
     }
 
@@ -96,7 +107,7 @@ def main() -> None:
     for i, r in enumerate(runs):
         print(f"run {i + 1}: wall {r['wall_s']:.2f} s = generation {r['generation_s']:.2f} "
               f"+ mastering {r['mastering_s']:.2f} + orchestration {r['orchestration_s']:.2f}  "
-              f"({r['segments']} segments)")
+              f"({r['segments']} segments; CPU {r['cpu_s']:.2f} s in workers and ffmpeg, server excluded)")
         print(f"       orchestration + mastering = {r['orchestration_s'] + r['mastering_s']:.2f} s; "
               f"mastering throughput {args.duration / r['mastering_s']:.0f}x real time; "
               f"generation {args.duration / r['generation_s']:.0f}x real time")

@@ -60,9 +60,9 @@ class PostActivities:
 
     @activity.defn(name="finish_song")
     def finish_song(self, job: FinishJob) -> FinishOutcome:
-        """Crossfade the windows, master the whole track (never per segment), watermark while the
-        waveform is drawn, encode every format in parallel, upload, and write metadata.json last
-        (the commit marker). One activity, so the mastered audio never makes a scratch round trip."""
+        """Crossfade the windows, master the whole track (never per segment), watermark, then encode
+        every format and draw the waveform in parallel, upload, and write metadata.json last (the
+        commit marker). One activity, so the mastered audio never makes a scratch round trip."""
         started = time.perf_counter()
         timings: dict[str, float] = {}
         req = job.request
@@ -80,22 +80,22 @@ class PostActivities:
             mastered, report = master(track, sr, req.loudness_lufs, req.true_peak_dbtp)
             timings["master_s"] = time.perf_counter() - t
             activity.heartbeat("mastered")
+            t = time.perf_counter()
+            audio = embed(mastered, sr, job.watermark_id, config.watermark_key())
+            timings["watermark_s"] = time.perf_counter() - t
+            activity.heartbeat("watermarked")
+
             tags = track_tags(req, engine, model)
             png = Path(tmp) / "waveform.png"
             local: dict[str, tuple[Path, str]] = {}
             true_peaks: dict[str, float] = {}
-            # ffmpeg runs as a subprocess and numpy releases the GIL: draw, watermark and encode overlap.
-            # The picture is of the mastered audio; the watermark (~37 dB below it) does not show.
+            # ffmpeg runs as a subprocess and numpy releases the GIL: encode formats and draw in parallel.
             with ThreadPoolExecutor(max_workers=2) as pool:
-                drawn = pool.submit(_timed, render_waveform, mastered, sr, png, [s.start_s for s in seams],
-                                    req.prompt[:80])
-                t = time.perf_counter()
-                audio = embed(mastered, sr, job.watermark_id, config.watermark_key())
-                timings["watermark_s"] = time.perf_counter() - t
-                activity.heartbeat("watermarked")
                 encodes = {fmt: pool.submit(_encode_checked, audio, sr, fmt, Path(tmp) / f"track.{EXTENSIONS[fmt]}",
                                             tags, req.true_peak_dbtp)
                            for fmt in sorted(req.formats, key=lambda f: f not in LOSSY)}  # slowest first
+                drawn = pool.submit(_timed, render_waveform, audio, sr, png, [s.start_s for s in seams],
+                                    req.prompt[:80])
                 for fmt, future in encodes.items():
                     path, peak, seconds = future.result()
                     if peak is not None:

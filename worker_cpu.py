@@ -9,7 +9,6 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -19,6 +18,7 @@ from activities.errors import worker_identity
 from activities.post import PostActivities
 from client import connect
 from longsong import config
+from longsong.process import run_worker
 from longsong.encode import FfmpegMissing, ffmpeg_exe
 from longsong.storage import StorageError, open_storage
 from longsong.storage_s3 import StorageUnavailable
@@ -55,12 +55,7 @@ async def serve() -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        asyncio.run(serve())
-    except (FfmpegMissing, StorageError, StorageUnavailable, ConnectionError, ValueError) as e:
-        print(f"worker_cpu: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_worker("worker_cpu", serve, (FfmpegMissing, StorageError, StorageUnavailable, ConnectionError, ValueError))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -22,6 +21,7 @@ from activities.errors import worker_identity
 from activities.segment import SegmentActivities
 from client import connect
 from longsong import config
+from longsong.process import run_worker
 from longsong.engines.base import EngineError
 from longsong.engines.registry import EngineRegistry
 from longsong.storage import StorageError, open_storage
@@ -59,12 +59,7 @@ async def serve() -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        asyncio.run(serve())
-    except (EngineError, StorageError, StorageUnavailable, ConnectionError, ValueError) as e:
-        print(f"worker_gpu: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_worker("worker_gpu", serve, (EngineError, StorageError, StorageUnavailable, ConnectionError, ValueError))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from longsong import config
+from longsong.process import exit_process
 from longsong.request import FORMATS, InvalidRequest, Section, SongRequest
 
 EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_FAILED = 2, 3, 4
@@ -244,7 +245,7 @@ COMMANDS = {"generate": _generate, "status": _status, "cancel": _cancel, "list":
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    sys.exit(run(args))
+    exit_process(run(args))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -130,9 +130,8 @@ def up(timeout: float = 120.0) -> list[Service]:
             raise DevStackError(f"port {address()} is taken by another program (set LONGSONG_DEV_PORT)")
         cmd = [temporal_exe(), "server", "start-dev", "--ip", "127.0.0.1",
                "--port", address().rsplit(":", 1)[1], "--ui-port", str(_port("LONGSONG_DEV_UI_PORT", 8233)),
-               "--db-filename", str(config.home() / "temporal.db"), "--log-level", "warn"]
-        for name, kind in config.SEARCH_ATTRIBUTES.items():
-            cmd += ["--search-attribute", f"{name}={kind}"]
+               "--db-filename", str(config.home() / "temporal.db"), "--log-level", "warn",
+               *config.dev_server_args()]
         pid = _spawn("temporal", cmd, env)
         deadline = time.monotonic() + 30
         while not _port_open(address()):

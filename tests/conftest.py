@@ -47,9 +47,7 @@ def dev_server(db: Path):
     exe = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
     port = free_port()
     cmd = [exe, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(port),
-           "--db-filename", str(db), "--log-level", "error"]
-    for name, kind in config.SEARCH_ATTRIBUTES.items():
-        cmd += ["--search-attribute", f"{name}={kind}"]
+           "--db-filename", str(db), "--log-level", "error", *config.dev_server_args()]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port)

@@ -139,3 +139,34 @@ def test_unwritable_data_dir_is_a_clear_error(tmp_path):
     env.update(LONGSONG_HOME=str(blocker / "home"))
     run = cli("dev", "up", env=env, timeout=60)
     assert run.returncode == 2 and "LONGSONG_HOME" in run.stderr and "not writable" in run.stderr
+
+
+def test_a_killed_dev_server_keeps_its_songs_and_workers_reconnect(tmp_path):
+    """kill -9 of the dev server (its SQLite file in WAL mode without per-commit fsync): after
+    `dev up` restarts it, the finished song is still there and the same workers serve a new one."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LONGSONG_", "TEMPORAL_"))}
+    env.update(LONGSONG_HOME=str(tmp_path / "home"), LONGSONG_DEV_PORT=str(free_port()),
+               LONGSONG_DEV_UI_PORT=str(free_port()))
+    up = cli("dev", "up", env=env)
+    assert up.returncode == 0, up.stderr
+    try:
+        first = cli("generate", "calm piano", "--duration", "30", "--wait", "--json", "--output",
+                    str(tmp_path / "a"), env=env)
+        assert first.returncode == 0, first.stderr
+        song = json.loads(first.stdout)["workflow_id"]
+        assert (tmp_path / "home" / "temporal.db-wal").exists()  # the pragmas reached the server
+        run_dir = tmp_path / "home" / "run"
+        server, workers = (int((run_dir / f"{n}.pid").read_text()) for n in ("temporal", "worker-gpu"))
+        os.kill(server, signal.SIGKILL)
+        while Path(f"/proc/{server}").exists() and Path(f"/proc/{server}/stat").read_text().split()[2] != "Z":
+            time.sleep(0.05)
+        again = cli("dev", "up", env=env)
+        assert again.returncode == 0, again.stderr
+        status = cli("status", song, "--json", env=env)
+        assert status.returncode == 0 and json.loads(status.stdout)["status"] == "completed", status.stderr
+        second = cli("generate", "calm piano", "--duration", "30", "--wait", "--json", "--output",
+                     str(tmp_path / "b"), env=env)
+        assert second.returncode == 0, second.stderr
+        assert int((run_dir / "worker-gpu.pid").read_text()) == workers  # served by the worker that lived on
+    finally:
+        cli("dev", "down", env=env)

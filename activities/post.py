@@ -9,6 +9,7 @@ from __future__ import annotations
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,15 @@ from longsong.audio_io import from_npy_bytes
 from longsong.encode import CONTENT_TYPES, EXTENSIONS, encode, encode_and_decode
 from longsong.manifest import build_manifest, track_tags
 from longsong.mastering import master, true_peak_dbtp
-from longsong.payloads import FinishJob, FinishOutcome, Mastered, StoredFile, scratch_prefix, track_prefix
+from longsong.payloads import (
+    FinishJob,
+    FinishOutcome,
+    Mastered,
+    SegmentRecord,
+    StoredFile,
+    scratch_prefix,
+    track_prefix,
+)
 from longsong.storage import COMMIT_MARKER, Storage
 from longsong.watermark import embed
 from longsong.waveform import render_waveform
@@ -67,13 +76,15 @@ class PostActivities:
         timings: dict[str, float] = {}
         req = job.request
         prefix = track_prefix(req.user_id, req.request_id)
-        engine, model = job.segments[0].engine, job.segments[0].model
-        object_meta = {"request-id": req.request_id, "engine": engine, "model": model}
         with classified(), tempfile.TemporaryDirectory(prefix="longsong-finish-") as tmp:
             t = time.perf_counter()
-            windows = [from_npy_bytes(self.storage.get_bytes(s.audio_key)) for s in job.segments]
-            sr = job.segments[0].sample_rate
-            track, seams = assemble(windows, job.plan, sr)
+            records = [SegmentRecord.from_json(self.storage.get_bytes(key)) for key in job.records]
+            plan = replace(job.plan, segments=[r.segment for r in records])
+            outcomes = [r.outcome for r in records]
+            engine, model, sr = outcomes[0].engine, outcomes[0].model, outcomes[0].sample_rate
+            object_meta = {"request-id": req.request_id, "engine": engine, "model": model}
+            windows = [from_npy_bytes(self.storage.get_bytes(o.audio_key)) for o in outcomes]
+            track, seams = assemble(windows, plan, sr)
             del windows
             timings["assemble_s"] = time.perf_counter() - t
             t = time.perf_counter()
@@ -116,7 +127,7 @@ class PostActivities:
                              report.loudness_lufs, report.true_peak_dbtp, report.limiter_reduction_db, seams,
                              true_peaks)
             timings["wall_s"] = time.perf_counter() - started
-            manifest = build_manifest(job, facts, files, timings, worker_identity())
+            manifest = build_manifest(job, plan, outcomes, facts, files, timings, worker_identity())
             info = self.storage.put_bytes(prefix + COMMIT_MARKER, manifest, "application/json", object_meta)
             files["metadata"] = StoredFile(info.key, info.size, info.sha256, "application/json")
             urls = {name: self.storage.link(f.key) for name, f in files.items()}

@@ -11,7 +11,7 @@ from activities.errors import classified, worker_identity
 from longsong.audio_io import to_npy_bytes
 from longsong.engines.base import TransientEngineError, WindowRequest
 from longsong.engines.registry import EngineRegistry
-from longsong.payloads import SegmentJob, SegmentOutcome
+from longsong.payloads import SegmentJob, SegmentOutcome, SegmentRecord
 from longsong.storage import Storage
 
 
@@ -47,18 +47,20 @@ class SegmentActivities:
             generate_s = time.perf_counter() - t0
             self.storage.put_bytes(job.audio_key, to_npy_bytes(result.audio))
             self.storage.put_bytes(job.state_key, result.handoff)
-        return SegmentOutcome(
-            index=seg.index,
-            audio_key=job.audio_key,
-            state_key=job.state_key,
-            sample_rate=engine.sample_rate,
-            channels=int(result.audio.shape[0]),
-            n_samples=int(result.audio.shape[1]),
-            engine=engine.name,
-            model=engine.model,
-            model_version=engine.version,
-            generate_s=generate_s,
-            worker=worker_identity(),
-            attempt=info.attempt,
-            details=result.details,
-        )
+            outcome = SegmentOutcome(
+                index=seg.index,
+                audio_key=job.audio_key,
+                state_key=job.state_key,
+                sample_rate=engine.sample_rate,
+                channels=int(result.audio.shape[0]),
+                n_samples=int(result.audio.shape[1]),
+                engine=engine.name,
+                model=engine.model,
+                model_version=engine.version,
+                generate_s=generate_s,
+                worker=worker_identity(),
+                attempt=info.attempt,
+                details=result.details,
+            )
+            self.storage.put_bytes(job.record_key, SegmentRecord(seg, outcome).to_json(), "application/json")
+        return outcome

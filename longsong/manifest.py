@@ -7,7 +7,8 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 
 from longsong import __version__
-from longsong.payloads import FinishJob, Mastered, StoredFile
+from longsong.payloads import FinishJob, Mastered, SegmentOutcome, StoredFile
+from longsong.plan import Plan
 from longsong.request import SongRequest
 
 
@@ -22,10 +23,10 @@ def track_tags(req: SongRequest, engine: str, model: str) -> dict[str, str]:
     }
 
 
-def build_manifest(job: FinishJob, m: Mastered, files: dict[str, StoredFile], finish_timings: dict[str, float],
-                   worker: str) -> bytes:
+def build_manifest(job: FinishJob, plan: Plan, outcomes: list[SegmentOutcome], m: Mastered,
+                   files: dict[str, StoredFile], finish_timings: dict[str, float], worker: str) -> bytes:
     """Everything needed to tell how this track was made: request, seeds, plan, engine, DSP figures."""
-    first = job.segments[0]
+    first = outcomes[0]
     manifest = {
         "generator": f"longsong {__version__}",
         "ai_generated": True,
@@ -37,8 +38,8 @@ def build_manifest(job: FinishJob, m: Mastered, files: dict[str, StoredFile], fi
         "sample_rate": m.sample_rate,
         "channels": m.channels,
         "plan": {
-            "style": job.plan.style,
-            "crossfade_s": job.plan.crossfade_frames / 50,
+            "style": plan.style,
+            "crossfade_s": plan.crossfade_frames / 50,
             "segments": [
                 {
                     "index": s.index,
@@ -52,7 +53,7 @@ def build_manifest(job: FinishJob, m: Mastered, files: dict[str, StoredFile], fi
                     "attempt": o.attempt,
                     "worker": o.worker,
                 }
-                for s, o in zip(job.plan.segments, job.segments)
+                for s, o in zip(plan.segments, outcomes)
             ],
         },
         "seams": [asdict(s) for s in m.seams],
@@ -72,7 +73,7 @@ def build_manifest(job: FinishJob, m: Mastered, files: dict[str, StoredFile], fi
             "finish_s": finish_timings,
         },
         "workers": {
-            "gpu": sorted({o.worker for o in job.segments}),
+            "gpu": sorted({o.worker for o in outcomes}),
             "cpu": worker,
         },
         "started_at": job.started_at,

@@ -6,7 +6,8 @@ every payload stays far below Temporal's limits. Import-light: the workflow sand
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 
 from longsong.plan import Plan, Segment
 from longsong.request import SongRequest
@@ -28,6 +29,11 @@ def scratch_prefix(request_id: str) -> str:
     return f"work/{request_id}/"
 
 
+def segment_key(request_id: str, index: int, kind: str) -> str:
+    """Scratch key of a window's `npy` audio, `state` (hand-off) or `json` record."""
+    return f"{scratch_prefix(request_id)}seg-{index:03d}.{kind}"
+
+
 def track_prefix(user_id: str, request_id: str) -> str:
     return f"audio/{user_id}/{request_id}/"
 
@@ -43,6 +49,7 @@ class SegmentJob:
     handoff_key: str | None  # previous segment's hand-off state; None for segment 0
     audio_key: str  # where the window's decoded audio goes (deterministic: retries overwrite)
     state_key: str  # where this window's hand-off state goes
+    record_key: str  # where the SegmentRecord goes
 
 
 @dataclass
@@ -63,6 +70,23 @@ class SegmentOutcome:
 
 
 @dataclass
+class SegmentRecord:
+    """What a window was made from and what came out, stored beside its audio (claim check):
+    a whole plan's texts and engine details outgrow a 64 KB payload on long songs."""
+
+    segment: Segment
+    outcome: SegmentOutcome
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "SegmentRecord":
+        d = json.loads(data)
+        return cls(Segment(**d["segment"]), SegmentOutcome(**d["outcome"]))
+
+
+@dataclass
 class SeamReport:
     index: int  # seam between segment index-1 and index
     start_s: float
@@ -72,12 +96,13 @@ class SeamReport:
 
 @dataclass
 class FinishJob:
-    """Everything the CPU stage needs: the windows by key, and what the manifest records."""
+    """Everything the CPU stage needs, by key where it grows with the song: each window's
+    SegmentRecord (its segment of the plan and its outcome) is read from the store."""
 
     request: SongRequest
     seed: int
-    plan: Plan
-    segments: list[SegmentOutcome]
+    plan: Plan  # without segments: they come back from the records
+    records: list[str]  # SegmentRecord keys, in plan order
     watermark_id: int
     started_at: str  # ISO time the workflow started
     stage_timings: dict[str, float]

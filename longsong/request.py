@@ -17,6 +17,7 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 KEY_PATTERN = re.compile(r"^([A-Ga-g])([#b]?)\s*(major|minor|maj|min|m)?$", re.IGNORECASE)
 MAX_SEGMENT_S = 30.0
 MIN_SEGMENT_S = 10.0
+MAX_SECTIONS = 32  # keeps the request (up to 32 x 500-character texts) well under a 64 KB payload
 
 
 class InvalidRequest(ValueError):
@@ -142,6 +143,8 @@ def validate(req: SongRequest) -> SongRequest:
 def _sections(sections: object, duration_s: float) -> list[Section]:
     if not isinstance(sections, (list, tuple)):
         raise InvalidRequest("sections", "must be a list of {start_s, prompt}")
+    if len(sections) > MAX_SECTIONS:
+        raise InvalidRequest("sections", f"at most {MAX_SECTIONS} sections, got {len(sections)}")
     out: list[Section] = []
     for i, s in enumerate(sections):
         if isinstance(s, dict):

@@ -43,6 +43,7 @@ def test_defaults_are_valid_and_normalized():
     ({"sections": [Section(0, "intro"), Section(0, "verse")]}, "sections[1].start_s", "ascending"),
     ({"sections": [Section(0, "intro"), Section(200, "outro")]}, "sections[1].start_s", "180"),
     ({"sections": [Section(0, " ")]}, "sections[0].prompt", "1-500"),
+    ({"sections": [Section(i, "x") for i in range(33)]}, "sections", "at most 32"),
 ])
 def test_bad_fields_name_field_and_allowed_values(changes, field, allowed):
     with pytest.raises(InvalidRequest) as err:

@@ -17,7 +17,7 @@ from longsong.audio_io import from_npy_bytes
 from longsong.engines.base import TransientEngineError
 from longsong.engines.procedural import ProceduralEngine
 from longsong.engines.registry import EngineRegistry
-from longsong.payloads import SongJob
+from longsong.payloads import SegmentRecord, SongJob
 from longsong.request import SongRequest
 from workflows import SongWorkflow
 
@@ -74,6 +74,31 @@ def test_song_end_to_end_in_process(temporal_address, storage, queues):
     assert max(sizes) < MAX_PAYLOAD, f"payload of {max(sizes)} bytes"
     assert [s.workflow_id for s in songs].count(req.request_id) == 1
     assert next(s for s in songs if s.workflow_id == req.request_id).stage == "done"
+
+
+def test_largest_request_keeps_every_payload_under_64_kb(temporal_address, storage, queues):
+    """The most a request can describe: 10 minutes in 10 s windows every 5 s (119 segments), the
+    longest texts and 32 sections. Its plan and outcomes travel as stored records, not payloads."""
+    from longsong.request import MAX_SECTIONS, Section
+
+    req = song(prompt="p" * 2000, genre="g" * 200, mood="m" * 200, duration_s=600, segment_s=10, overlap_s=5,
+               crossfade_s=2, formats=["wav"],
+               sections=[Section(i * 18.0, f"{i:02d}" + "s" * 498) for i in range(MAX_SECTIONS)])
+
+    async def main():
+        async with running_workers(temporal_address, storage, *queues) as client:
+            lc = LongsongClient(client, *queues)
+            handle = await lc.submit(req)
+            result = await lc.wait(handle.workflow_id)
+            return result, await payload_sizes(client, handle.workflow_id)
+
+    result, sizes = asyncio.run(main())
+    assert result.status == "completed" and result.duration_s == pytest.approx(600, abs=1e-4)
+    assert max(sizes) < MAX_PAYLOAD, f"payload of {max(sizes)} bytes"
+    meta = json.loads(storage.get_bytes(result.files["metadata"]))
+    segments = meta["plan"]["segments"]
+    assert len(segments) == 119 and segments[-1]["text"].endswith("31" + "s" * 498)
+    assert storage.list(f"work/{req.request_id}/") == []
 
 
 def test_same_request_id_attaches_instead_of_generating_again(temporal_address, storage, queues):
@@ -213,9 +238,11 @@ def test_segment_keys_are_deterministic_and_retries_overwrite(temporal_address, 
 
     req = asyncio.run(main())
     keys = storage.list(f"work/{req.request_id}/")
-    assert keys == [f"work/{req.request_id}/seg-000.npy", f"work/{req.request_id}/seg-000.state"]
+    assert keys == [f"work/{req.request_id}/seg-000.{kind}" for kind in ("json", "npy", "state")]
     stored = from_npy_bytes(storage.get_bytes(f"work/{req.request_id}/seg-000.npy"))
     assert stored.shape == (2, 30 * 32000)
+    record = SegmentRecord.from_json(storage.get_bytes(f"work/{req.request_id}/seg-000.json"))
+    assert record.segment.index == 0 and record.outcome.audio_key.endswith("seg-000.npy")
 
 
 def test_song_end_to_end_on_s3(temporal_address, s3_env, queues, tmp_path):

@@ -7,6 +7,7 @@ imports nothing heavy (the sandbox loads only `longsong.request/plan/payloads`).
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from temporalio import workflow
@@ -23,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
         SegmentOutcome,
         SongJob,
         SongResult,
-        scratch_prefix,
+        segment_key,
     )
     from longsong.plan import Plan, make_plan
     from longsong.request import InvalidRequest, SongRequest, validate
@@ -76,9 +77,10 @@ class SongWorkflow:
             segments = await self._generate(req, plan, gpu_queue)
             t_gen = workflow.now()
             self._set_stage("finishing")
+            records = [segment_key(req.request_id, s.index, "json") for s in segments]
             finished: FinishOutcome = await workflow.execute_activity(
                 "finish_song",
-                FinishJob(req, seed, plan, segments, watermark_id, self._started.isoformat(),
+                FinishJob(req, seed, replace(plan, segments=[]), records, watermark_id, self._started.isoformat(),
                           {"generation_s": (t_gen - self._started).total_seconds()}),
                 result_type=FinishOutcome,
                 task_queue=cpu_queue,
@@ -120,7 +122,6 @@ class SongWorkflow:
         """Continuation is sequential: window i is conditioned on window i-1's stored hand-off."""
         self._set_stage("generating")
         outcomes: list[SegmentOutcome] = []
-        scratch = scratch_prefix(req.request_id)
         handoff: str | None = None
         for seg in plan.segments:
             job = SegmentJob(
@@ -131,8 +132,9 @@ class SongWorkflow:
                 total_segments=len(plan.segments),
                 sampling=Sampling.of(req),
                 handoff_key=handoff,
-                audio_key=f"{scratch}seg-{seg.index:03d}.npy",
-                state_key=f"{scratch}seg-{seg.index:03d}.state",
+                audio_key=segment_key(req.request_id, seg.index, "npy"),
+                state_key=segment_key(req.request_id, seg.index, "state"),
+                record_key=segment_key(req.request_id, seg.index, "json"),
             )
             started = workflow.now()
             out: SegmentOutcome = await workflow.execute_activity(

@@ -18,8 +18,8 @@ from activities.errors import worker_identity
 from activities.post import PostActivities
 from client import connect
 from longsong import config
-from longsong.process import run_worker
 from longsong.encode import FfmpegMissing, ffmpeg_exe
+from longsong.process import run_worker
 from longsong.storage import StorageError, open_storage
 from longsong.storage_s3 import StorageUnavailable
 from workflows import SongWorkflow

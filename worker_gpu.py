@@ -21,9 +21,9 @@ from activities.errors import worker_identity
 from activities.segment import SegmentActivities
 from client import connect
 from longsong import config
-from longsong.process import run_worker
 from longsong.engines.base import EngineError
 from longsong.engines.registry import EngineRegistry
+from longsong.process import run_worker
 from longsong.storage import StorageError, open_storage
 from longsong.storage_s3 import StorageUnavailable
 

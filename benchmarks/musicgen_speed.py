@@ -492,15 +492,14 @@ def main(argv: list[str] | None = None) -> int:
             del half
             half_engine = copy.deepcopy(model)
             half_engine.decoder.half()
-        loops = [("engine fp32", lambda: DecodeLoop(model), model)]
+        loops = [("engine fp32", model, None)]
         if cpu:
-            loops.append(("engine int8", lambda: DecodeLoop(model, quantize="int8"), model))
+            loops.append(("engine int8", model, "int8"))
         else:
-            loops = [("engine fp32 cuda-graph", lambda: DecodeLoop(model), model),
-                     ("engine fp16 cuda-graph", lambda: DecodeLoop(half_engine), half_engine)]
-        for label, make, owner in loops:
+            loops = [("engine fp32 cuda-graph", model, None), ("engine fp16 cuda-graph", half_engine, None)]
+        for label, owner, quantize in loops:
             t0 = time.perf_counter()
-            loop = make()
+            loop = DecodeLoop(owner, quantize=quantize)
             print(f"  {label}: prepared in {time.perf_counter() - t0:.1f} s (mode {loop.mode})", flush=True)
             run = time_engine(loop, owner, device, ctxs, n_steps, label)
             runs.append(run)

@@ -280,8 +280,7 @@ class MusicGenEngine:
     name = "musicgen"
 
     def __init__(self, model, processor, model_id: str, revision: str, *, device: str = "cpu",
-                 dtype: str = "float32", quantize: str | None = None, cuda_graph: bool | None = None,
-                 drop_float_weights: bool = True):
+                 dtype: str = "float32", quantize: str | None = None, cuda_graph: bool | None = None):
         import torch
 
         from longsong.engines.musicgen_loop import DecodeLoop
@@ -310,7 +309,7 @@ class MusicGenEngine:
         self._tokenizer = getattr(processor, "tokenizer", processor)
         self._proj = getattr(model, "enc_to_dec_proj", None)
         self.loop = DecodeLoop(model, quantize=quantize, cuda_graph=cuda_graph)
-        if quantize and drop_float_weights:
+        if quantize:
             self._drop_quantized_float_weights()
         self._lock = threading.Lock()
 
@@ -327,10 +326,6 @@ class MusicGenEngine:
                 mod.weight = torch.nn.Parameter(torch.empty(0), requires_grad=False)
         for head in self._model.decoder.lm_heads:
             head.weight = torch.nn.Parameter(torch.empty(0), requires_grad=False)
-
-    @property
-    def model_object(self):
-        return self._model
 
     def describe(self) -> dict[str, str]:
         import torch

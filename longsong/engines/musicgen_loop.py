@@ -194,7 +194,6 @@ class _Window:
     batch: int
     length: int  # L (cache length)
     prefix: int  # s
-    static: bool
     table: torch.Tensor  # (L, K) delay table, -1 = free
     seq: torch.Tensor  # (L, K) tokens
     noise: torch.Tensor | None  # (L, K, N) exponential noise (rows >= s used)
@@ -408,23 +407,19 @@ class DecodeLoop:
         w.seq[t].copy_(tok)
         return tok
 
-    def _step_static(self, w: _Window, sp: SamplingConfig) -> None:
-        """Sample the token at w.pos, write it, feed it, advance w.pos: one CUDA-graph replay."""
+    def _sample_static(self, w: _Window, sp: SamplingConfig) -> torch.Tensor:
+        """Sample the token at w.pos (device tensor) and write it into the sequence."""
         pos = w.pos.view(1)
         noise = None if w.noise is None else w.noise.index_select(0, pos)[0]
         tok = self._pick(self._guided(w.logits, sp.cfg), sp, noise)
         forced = w.table.index_select(0, pos)[0]
         tok = torch.where(forced < 0, tok, forced)
         w.seq.index_copy_(0, pos, tok.unsqueeze(0))
-        self._forward_static(w, tok)
-        w.pos.add_(1)
+        return tok
 
-    def _sample_static(self, w: _Window, sp: SamplingConfig) -> None:
-        pos = w.pos.view(1)
-        noise = None if w.noise is None else w.noise.index_select(0, pos)[0]
-        tok = self._pick(self._guided(w.logits, sp.cfg), sp, noise)
-        forced = w.table.index_select(0, pos)[0]
-        w.seq.index_copy_(0, pos, torch.where(forced < 0, tok, forced).unsqueeze(0))
+    def _step_static(self, w: _Window, sp: SamplingConfig) -> None:
+        """Sample the token at w.pos, write it, feed it, advance w.pos: one CUDA-graph replay."""
+        self._forward_static(w, self._sample_static(w, sp))
         w.pos.add_(1)
 
     # ------------------------------------------------------------------------------------------
@@ -476,7 +471,7 @@ class DecodeLoop:
         k_cache = [alloc(shape, device=dev, dtype=dt) for _ in self.layers]
         v_cache = [alloc(shape, device=dev, dtype=dt) for _ in self.layers]
         table = table.to(dev)
-        w = _Window(batch=b, length=length, prefix=s, static=static, table=table, seq=table.clone(), noise=noise,
+        w = _Window(batch=b, length=length, prefix=s, table=table, seq=table.clone(), noise=noise,
                     cross_k=cross_k, cross_v=cross_v, cross_mask=cross_mask, k_cache=k_cache, v_cache=v_cache,
                     logits=torch.zeros((b, self.num_codebooks, self.vocab), device=dev, dtype=torch.float32))
         if static:

@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[gpu,test]'
+	$(BIN)/pip install -q -e '.[musicgen,test]'
 	touch $@
 
 run: setup
@@ -22,7 +22,7 @@ run: setup
 		--section 0:intro --section 30:verse --section 84:chorus --section 138:bridge --wait --output out
 
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2  # two processes: most tests wait on servers, not on the CPU
 
 down:
 	$(BIN)/longsong dev down

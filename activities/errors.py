@@ -9,8 +9,7 @@ from typing import Iterator
 
 from temporalio.exceptions import ApplicationError
 
-# Exception class names the core raises for problems retrying cannot fix (see workflows.song.FATAL_ERRORS).
-FATAL = {"InvalidRequest", "EngineError", "StorageError", "SilentTrackError", "FfmpegMissing"}
+from longsong.workflows.messages import NON_RETRYABLE_ERRORS
 
 
 def worker_identity() -> str:
@@ -27,7 +26,7 @@ def classified() -> Iterator[None]:
         raise
     except Exception as e:
         names = {c.__name__ for c in type(e).__mro__}
-        fatal = names & FATAL
+        fatal = names & set(NON_RETRYABLE_ERRORS)
         if fatal:
             raise ApplicationError(str(e), type=fatal.pop(), non_retryable=True) from e
         raise

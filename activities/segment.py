@@ -7,12 +7,12 @@ import time
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 
-from activities.errors import classified, worker_identity
-from longsong.audio_io import to_npy_bytes
+from longsong.activities.errors import classified, worker_identity
+from longsong.audio.npy import to_npy_bytes
 from longsong.engines.base import TransientEngineError, WindowRequest
 from longsong.engines.registry import EngineRegistry
-from longsong.payloads import SegmentJob, SegmentOutcome, SegmentRecord
 from longsong.storage import Storage
+from longsong.workflows.messages import SegmentJob, SegmentOutcome, SegmentRecord
 
 
 class SegmentActivities:
@@ -31,7 +31,7 @@ class SegmentActivities:
             engine = self.registry.get(job.engine, job.model)
             handoff = self.storage.get_bytes(job.handoff_key) if job.handoff_key else None
 
-            def progress(done: int, total: int) -> None:
+            def on_step(done: int, total: int) -> None:
                 activity.heartbeat(done, total)
                 if activity.is_cancelled():
                     raise CancelledError("segment cancelled")
@@ -40,7 +40,7 @@ class SegmentActivities:
             try:
                 result = engine.generate(
                     WindowRequest(seg.text, seg.seed, seg.n_frames, seg.context_frames, job.sampling, handoff),
-                    progress,
+                    on_step,
                 )
             except TransientEngineError as e:
                 raise ApplicationError(str(e), type="TransientEngineError") from e

@@ -45,15 +45,19 @@ import torch  # noqa: E402
 warnings.filterwarnings("ignore")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from longsong.engines.musicgen_loop import DecodeLoop, SamplingConfig  # noqa: E402
+from longsong.engines.musicgen.engine import MAX_WINDOW_FRAMES  # noqa: E402
+from longsong.engines.musicgen.loop import DecodeLoop  # noqa: E402
+from longsong.engines.musicgen.sampling import SamplingConfig  # noqa: E402
+from longsong.frames import FRAME_RATE  # noqa: E402
+from longsong.settings import Settings  # noqa: E402
 
 ARCH = {
     "small": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, ffn_dim=4096),
     "medium": dict(hidden_size=1536, num_hidden_layers=48, num_attention_heads=24, ffn_dim=6144),
 }
-WINDOW = 1500
+WINDOW = MAX_WINDOW_FRAMES  # one 30 s window
 SONG_S = 180.0
-SAMPLING = SamplingConfig(temperature=1.0, top_k=250, top_p=0.0, cfg=3.0)
+SAMPLING = SamplingConfig()  # the project's defaults (longsong.request.Sampling)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,8 +136,14 @@ def available_gib() -> float:
 
 
 def build_model(size: str, device: torch.device, seed: int = 0):
-    from transformers import (EncodecConfig, GenerationConfig, MusicgenConfig, MusicgenDecoderConfig,
-                              MusicgenForConditionalGeneration, T5Config)
+    from transformers import (
+        EncodecConfig,
+        GenerationConfig,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        T5Config,
+    )
 
     text = T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12,
                     relative_attention_num_buckets=32, feed_forward_proj="relu", dropout_rate=0.1)
@@ -317,7 +327,7 @@ def time_engine(loop: DecodeLoop, model, device, contexts, steps: int, label: st
     for ctx in contexts:
         times: list[float] = []
 
-        def progress(done, total):
+        def on_step(done, total):
             if done:  # done == 0: the prefill's per-layer heart-beat ticks
                 _sync(device)
                 times.append(time.perf_counter())
@@ -328,7 +338,7 @@ def time_engine(loop: DecodeLoop, model, device, contexts, steps: int, label: st
             with Peak(device) as pk:
                 _sync(device)
                 t0 = time.perf_counter()
-                loop.generate(states, mask, prompt, n, SAMPLING, seed=3, progress=progress)
+                loop.generate(states, mask, prompt, n, SAMPLING, seed=3, on_step=on_step)
         except Exception as exc:  # noqa: BLE001 - report and go on with the other figures
             _failed(run, ctx, exc)
             continue
@@ -415,7 +425,7 @@ def rtf_table(runs: list[Run], text_s: float, decode_s: float) -> list[tuple[str
             total = sum(window_seconds(run, n, c, text_s, decode_s) for n, c in song) / SONG_S
         except ValueError:
             total = None
-        out.append((run.label, w / (WINDOW / 50), total))
+        out.append((run.label, w / (WINDOW / FRAME_RATE), total))
     return out
 
 
@@ -425,7 +435,7 @@ def rtf_table(runs: list[Run], text_s: float, decode_s: float) -> list[tuple[str
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small model, context 0, few steps (< 3 min on 2 cores)")
-    ap.add_argument("--device", default=os.environ.get("LONGSONG_DEVICE", "auto"), choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--device", default=Settings.from_env().device, choices=["auto", "cpu", "cuda"])
     ap.add_argument("--steps", type=int, default=None, help="timed steps per context")
     ap.add_argument("--contexts", default=None, help="comma-separated contexts in frames (default 0,750,1500)")
     ap.add_argument("--medium", choices=["auto", "yes", "no"], default="auto",
@@ -471,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         if cpu:
             print(f"  resident weights of a serving engine: fp32 {resident_gib(model, False):.2f} GiB, "
                   f"int8 {resident_gib(model, True):.2f} GiB", flush=True)
-        text_s, decode_s = time_codec(model, device, frames=250 if args.quick else WINDOW)
+        text_s, decode_s = time_codec(model, device, frames=5 * FRAME_RATE if args.quick else WINDOW)
         print(f"  text encoder {text_s * 1e3:.0f} ms, EnCodec decode of 30 s {decode_s:.2f} s"
               f"{' (from 5 s)' if args.quick else ''}", flush=True)
         runs: list[Run] = []
@@ -509,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
                 run.full_window_s = _safe(full_window_engine, loop, owner, device)
                 if run.full_window_s:
                     print(f"  {run.label}: real 30 s window (1503 steps, no context) {run.full_window_s:.1f} s"
-                          f" = RTF {run.full_window_s / 30:.2f} (decoder only)", flush=True)
+                          f" = RTF {run.full_window_s / (WINDOW / FRAME_RATE):.2f} (decoder only)", flush=True)
         rtfs = rtf_table(runs, text_s, decode_s)
         print(f"[{size}] summary: ms/step at context {'/'.join(map(str, ctxs))}; RTF = wall time / audio time, "
               f"extrapolated from the per-step figures + measured prefill, text-encoder and EnCodec times; "

@@ -14,20 +14,16 @@ import json
 import os
 import platform
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from conftest import dev_server, running_workers  # noqa: E402
-
-from client import LongsongClient  # noqa: E402
-from longsong.request import SongRequest  # noqa: E402
-from longsong.storage import FileStorage  # noqa: E402
+from longsong.client import LongsongClient
+from longsong.devstack import dev_server
+from longsong.request import SongRequest
+from longsong.settings import Settings
+from longsong.storage import FileStorage
+from longsong.worker import in_process
 
 
 def cpu_seconds() -> float:
@@ -45,9 +41,9 @@ def cpu_name() -> str:
 
 
 async def one_song(address: str, storage: FileStorage, duration: float, formats: list[str]) -> dict:
-    queues = ("bench-gpu", "bench-cpu")
-    async with running_workers(address, storage, *queues) as client:
-        lc = LongsongClient(client, *queues)
+    settings = Settings(gpu_queue="bench-gpu", cpu_queue="bench-cpu")
+    async with in_process(address, settings, storage) as client:
+        lc = LongsongClient(client, settings)
         req = SongRequest(prompt="driving synthwave", duration_s=duration, bpm=110, key="A minor",
                           formats=formats, user_id="bench")
         cpu0 = cpu_seconds()
@@ -77,7 +73,7 @@ def procedural_one_core(windows: int = 4) -> float:
 
     from longsong.engines.base import WindowRequest
     from longsong.engines.procedural import ProceduralEngine
-    from longsong.payloads import Sampling
+    from longsong.request import Sampling
 
     engine = ProceduralEngine()
     texts = ["120 bpm, A minor, house, dark", "hip hop, chill, verse", "ambient, calm, piano",

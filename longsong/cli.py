@@ -13,9 +13,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from longsong import config
 from longsong.process import exit_process
 from longsong.request import FORMATS, InvalidRequest, Section, SongRequest
+from longsong.settings import Settings, SettingsError
 
 EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_FAILED = 2, 3, 4
 
@@ -96,14 +96,14 @@ def _print_json(obj: object) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
-async def _generate(a: argparse.Namespace) -> int:
-    from client import LongsongClient
+async def _generate(a: argparse.Namespace, settings: Settings) -> int:
+    from longsong.client import LongsongClient
 
     req = _request(a)
     from longsong.request import validate
 
     validate(req)  # before connecting: bad input never needs a server
-    lc = await LongsongClient.connect(a.address, a.namespace)
+    lc = await LongsongClient.connect(a.address, a.namespace, settings=settings)
     handle = await lc.submit(req)
     if not a.json:
         verb = "attached to existing" if handle.attached else "submitted"
@@ -158,10 +158,10 @@ async def _wait_with_bar(lc, workflow_id: str, quiet: bool):
     return result
 
 
-async def _status(a: argparse.Namespace) -> int:
-    from client import LongsongClient
+async def _status(a: argparse.Namespace, settings: Settings) -> int:
+    from longsong.client import LongsongClient
 
-    lc = await LongsongClient.connect(a.address, a.namespace)
+    lc = await LongsongClient.connect(a.address, a.namespace, settings=settings)
     status = await lc.status(a.id)
     p = await lc.progress(a.id)
     out = {"workflow_id": a.id, "status": status, **asdict(p)}
@@ -176,19 +176,19 @@ async def _status(a: argparse.Namespace) -> int:
     return 0
 
 
-async def _cancel(a: argparse.Namespace) -> int:
-    from client import LongsongClient
+async def _cancel(a: argparse.Namespace, settings: Settings) -> int:
+    from longsong.client import LongsongClient
 
-    lc = await LongsongClient.connect(a.address, a.namespace)
+    lc = await LongsongClient.connect(a.address, a.namespace, settings=settings)
     await lc.cancel(a.id)
     print(f"cancellation requested for {a.id}")
     return 0
 
 
-async def _list(a: argparse.Namespace) -> int:
-    from client import LongsongClient
+async def _list(a: argparse.Namespace, settings: Settings) -> int:
+    from longsong.client import LongsongClient
 
-    lc = await LongsongClient.connect(a.address, a.namespace)
+    lc = await LongsongClient.connect(a.address, a.namespace, settings=settings)
     songs = await lc.list(user_id=a.user, limit=a.limit)
     if a.json:
         _print_json([asdict(s) for s in songs])
@@ -199,23 +199,23 @@ async def _list(a: argparse.Namespace) -> int:
     return 0
 
 
-async def _download(a: argparse.Namespace) -> int:
-    from client import LongsongClient
+async def _download(a: argparse.Namespace, settings: Settings) -> int:
+    from longsong.client import LongsongClient
 
-    lc = await LongsongClient.connect(a.address, a.namespace)
+    lc = await LongsongClient.connect(a.address, a.namespace, settings=settings)
     for name, path in (await lc.download(a.id, a.output)).items():
         print(f"{name:9s} {path}")
     return 0
 
 
-def _verify(a: argparse.Namespace) -> int:
-    from longsong.encode import decode
-    from longsong.watermark import detect
+def _verify(a: argparse.Namespace, settings: Settings) -> int:
+    from longsong.audio.encode import decode
+    from longsong.audio.watermark import detect
 
     if not Path(a.file).is_file():
         raise CliError(f"file: {a.file} does not exist")
     audio, sr = decode(a.file)
-    d = detect(audio, sr, config.watermark_key())
+    d = detect(audio, sr, settings.watermark_secret)
     if a.json:
         _print_json({"file": a.file, "found": d.found, "watermark_id": d.track_id, "confidence": d.confidence})
     elif d.found:
@@ -225,16 +225,17 @@ def _verify(a: argparse.Namespace) -> int:
     return 0 if d.found else 1
 
 
-def _dev(a: argparse.Namespace) -> int:
+def _dev(a: argparse.Namespace, settings: Settings) -> int:
     from longsong import devstack
 
     if a.action == "up":
-        devstack.up()
-        print(f"local stack up: Temporal at {devstack.address()}, Web UI {config.ui_url()}, data in {config.home()}")
+        devstack.up(settings)
+        print(f"local stack up: Temporal at {devstack.address(settings)}, Web UI {settings.web_ui}, "
+              f"data in {settings.home}")
     elif a.action == "down":
-        stopped = devstack.down()
+        stopped = devstack.down(settings)
         print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
-    for svc in devstack.services() if a.action != "down" else []:
+    for svc in devstack.services(settings) if a.action != "down" else []:
         state = f"running (pid {svc.pid})" if svc.alive else "stopped"
         print(f"  {svc.name:11s} {state:22s} log {svc.log}")
     return 0
@@ -253,19 +254,20 @@ def run(args: argparse.Namespace) -> int:
     from longsong.storage import StorageError
 
     try:
+        settings = Settings.from_env()
         if args.command == "dev":
-            return _dev(args)
+            return _dev(args, settings)
         if args.command == "verify":
-            return _verify(args)
-        return asyncio.run(COMMANDS[args.command](args))
-    except (InvalidRequest, CliError) as e:
+            return _verify(args, settings)
+        return asyncio.run(COMMANDS[args.command](args, settings))
+    except (InvalidRequest, CliError, SettingsError) as e:
         return _fail(str(e), getattr(e, "code", EXIT_BAD_INPUT))
     except ConnectionError as e:
         return _fail(str(e), EXIT_UNREACHABLE)
     except (DevStackError, StorageError) as e:
         return _fail(str(e), EXIT_BAD_INPUT)
     except Exception as e:  # song failures, missing workflows, ffmpeg problems: one line, not a traceback
-        from client import SongFailed
+        from longsong.client import SongFailed
 
         code = EXIT_FAILED if isinstance(e, SongFailed) else 1
         return _fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": "), code)

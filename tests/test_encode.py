@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from longsong import encode
-from longsong.encode import (
+from longsong.audio import encode
+from longsong.audio.encode import (
     AI_COMMENT,
     CONTENT_TYPES,
     EXTENSIONS,
@@ -161,7 +161,7 @@ def test_decode_failure_names_ffmpeg_reason(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt", ["mp3", "opus"])
 def test_encode_and_decode_gives_the_file_and_its_decoded_audio(fmt: str, stereo: np.ndarray,
                                                                 tmp_path: Path) -> None:
-    from longsong.mastering import true_peak_dbtp
+    from longsong.audio.true_peak import true_peak_dbtp
 
     folder = tmp_path / "odd [name]|with:chars"  # the tee muxer's separators, in the folder name
     folder.mkdir()

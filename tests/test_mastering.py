@@ -10,15 +10,10 @@ import pyloudnorm
 import pytest
 from scipy import signal
 
-from longsong.mastering import (
-    DEFAULT_MARGIN_DB,
-    SilentTrackError,
-    apply_fade_out,
-    integrated_loudness,
-    limit_true_peak,
-    master,
-    true_peak_dbtp,
-)
+from longsong.audio.limiter import limit_true_peak
+from longsong.audio.loudness import integrated_loudness
+from longsong.audio.mastering import DEFAULT_MARGIN_DB, SilentTrackError, apply_fade_out, master_track
+from longsong.audio.true_peak import true_peak_dbtp
 
 SR = 32000
 
@@ -180,7 +175,7 @@ def test_fade_out_is_smooth_and_ends_at_zero():
 @pytest.mark.parametrize("scale, drive", [(0.01, 0.4), (1.0, 1.0), (1.0, 3.0)])
 def test_master_reaches_target_loudness_under_the_ceiling(scale, drive):
     x = music(12.0, seed=2, drive=drive) * np.float32(scale)
-    y, report = master(x, SR, target_lufs=-14.0, ceiling_dbtp=-1.0)
+    y, report = master_track(x, SR, target_lufs=-14.0, ceiling_dbtp=-1.0)
     assert y.shape == x.shape and y.dtype == np.float32
     assert integrated_loudness(y, SR) == pytest.approx(-14.0, abs=0.5)
     assert true_peak_dbtp(y, SR) <= -1.0 - DEFAULT_MARGIN_DB
@@ -194,7 +189,7 @@ def test_master_gets_as_close_as_it_can_when_the_target_is_out_of_reach():
     """-4 LUFS under -2 dBTP is out of reach: the gain is pushed beyond the nominal one, and the
     result is louder than one limiter pass at the nominal gain would be."""
     x = music(8.0, seed=3, drive=1.0)
-    y, report = master(x, SR, target_lufs=-4.0, ceiling_dbtp=-1.0)
+    y, report = master_track(x, SR, target_lufs=-4.0, ceiling_dbtp=-1.0)
     assert true_peak_dbtp(y, SR) <= -1.0 - DEFAULT_MARGIN_DB
     assert report.loudness_lufs < -4.5
     nominal_db = -4.0 - report.loudness_before_lufs
@@ -208,15 +203,15 @@ def test_master_gets_as_close_as_it_can_when_the_target_is_out_of_reach():
                                    1e-6 * np.random.default_rng(0).standard_normal((2, SR * 5))])
 def test_silent_or_near_silent_track_is_refused(audio):
     with pytest.raises(SilentTrackError, match="silent"):
-        master(audio.astype(np.float32), SR)
+        master_track(audio.astype(np.float32), SR)
 
 
 def test_decoded_mp3_stays_within_a_tenth_of_a_db_of_the_ceiling():
     """Loud, dense, limited material: decoding the MP3 overshoots the true peak (here by ~0.3 dB),
     so with no margin it lands over ceiling + 0.1 dB; the default margin keeps it under."""
     x = music(12.0, seed=6, drive=1.0)
-    y, report = master(x, SR, target_lufs=-9.0, ceiling_dbtp=-1.0)
+    y, report = master_track(x, SR, target_lufs=-9.0, ceiling_dbtp=-1.0)
     assert report.limiter_reduction_db > 1.0
     assert true_peak_dbtp(mp3_roundtrip(y, SR), SR) <= -1.0 + 0.1
-    unguarded, _ = master(x, SR, target_lufs=-9.0, ceiling_dbtp=-1.0, margin_db=0.0)
+    unguarded, _ = master_track(x, SR, target_lufs=-9.0, ceiling_dbtp=-1.0, margin_db=0.0)
     assert true_peak_dbtp(mp3_roundtrip(unguarded, SR), SR) > -1.0 + 0.1

@@ -8,13 +8,15 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from tiny_musicgen import build_tiny_checkpoint  # noqa: E402
-
 from longsong.engines import musicgen as mg  # noqa: E402
 from longsong.engines.base import EngineError, TransientEngineError, WindowRequest  # noqa: E402
-from longsong.engines.musicgen_loop import DecodeLoop, SamplingConfig, build_delay_table  # noqa: E402
+from longsong.engines.musicgen.delay import build_delay_table  # noqa: E402
+from longsong.engines.musicgen.loop import DecodeLoop  # noqa: E402
+from longsong.engines.musicgen.sampling import SamplingConfig, pick  # noqa: E402
 from longsong.engines.registry import EngineRegistry  # noqa: E402
-from longsong.payloads import Sampling  # noqa: E402
+from longsong.request import Sampling  # noqa: E402
+from longsong.settings import Settings, SettingsError  # noqa: E402
+from tiny_musicgen import build_tiny_checkpoint  # noqa: E402
 
 TEXT = "upbeat rock song with drums, 120 bpm"
 HOP = 640
@@ -44,7 +46,7 @@ def engines(ckpts):
         mp.delenv(var, raising=False)
     mp.setenv("LONGSONG_DEVICE", "cpu")
     try:
-        loaded = mg.load_models_from_env()
+        loaded = mg.load_models(Settings.from_env())
     finally:
         mp.undo()
     return {"mono": loaded[0], "stereo": loaded[1]}
@@ -164,27 +166,27 @@ def test_stereo_forced_to_mono_is_an_error_at_load(ckpts, monkeypatch):
     monkeypatch.setenv("LONGSONG_MODELS", str(ckpts["stereo"]))
     monkeypatch.setenv("LONGSONG_CHANNELS", "1")
     with pytest.raises(EngineError, match=r"channels: .*stereo"):
-        mg.load_models_from_env()
+        mg.load_models(Settings.from_env())
     with pytest.raises(EngineError, match="channels: .*mono"):
-        mg.load_engine(str(ckpts["mono"]), mg.MusicGenSettings(channels=2))
+        mg.load_engine(str(ckpts["mono"]), Settings(channels="2"))
 
 
 @pytest.mark.parametrize("var,value", [("LONGSONG_DEVICE", "tpu"), ("LONGSONG_DTYPE", "int4"),
                                        ("LONGSONG_QUANTIZE", "int4"), ("LONGSONG_CHANNELS", "3")])
 def test_bad_settings_name_the_variable(var, value, monkeypatch):
     monkeypatch.setenv(var, value)
-    with pytest.raises(EngineError, match=var):
-        mg.MusicGenSettings.from_env()
+    with pytest.raises(SettingsError, match=var):
+        Settings.from_env()
 
 
 def test_settings_that_need_a_gpu_are_refused_on_cpu(ckpts):
     with pytest.raises(EngineError, match="LONGSONG_DTYPE=float16"):
-        mg.load_engine(str(ckpts["mono"]), mg.MusicGenSettings(device="cpu", dtype="float16"))
+        mg.load_engine(str(ckpts["mono"]), Settings(device="cpu", dtype="float16"))
     with pytest.raises(EngineError, match="LONGSONG_CUDA_GRAPH"):
-        mg.load_engine(str(ckpts["mono"]), mg.MusicGenSettings(device="cpu", cuda_graph=True))
+        mg.load_engine(str(ckpts["mono"]), Settings(device="cpu", cuda_graph="1"))
     if not torch.cuda.is_available():
         with pytest.raises(EngineError, match="LONGSONG_DEVICE=cuda"):
-            mg.load_engine(str(ckpts["mono"]), mg.MusicGenSettings(device="cuda"))
+            mg.load_engine(str(ckpts["mono"]), Settings(device="cuda"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -401,7 +403,7 @@ def test_draw_follows_the_filtered_distribution():
     noise = torch.empty((n, 1, 6)).exponential_(generator=g)
 
     def draw(sp, width=6):
-        return torch.stack([DecodeLoop._pick(logits, sp, noise[i, :, :width]) for i in range(n)]).flatten()
+        return torch.stack([pick(logits, sp, noise[i, :, :width]) for i in range(n)]).flatten()
 
     full = torch.bincount(draw(SamplingConfig(top_k=0)), minlength=6) / n
     assert torch.allclose(full, probs, atol=0.015)
@@ -412,11 +414,11 @@ def test_draw_follows_the_filtered_distribution():
     assert nucleus[2:].sum() == 0
     hot = torch.bincount(draw(SamplingConfig(top_k=0, temperature=0.25)), minlength=6) / n
     assert torch.allclose(hot, (logits / 0.25).softmax(-1)[0], atol=0.015)
-    assert DecodeLoop._pick(logits, SamplingConfig(greedy=True), None).item() == 0
+    assert pick(logits, SamplingConfig(greedy=True), None).item() == 0
 
 
 def test_int8_quantized_engine(ckpts):
-    eng = mg.load_engine(str(ckpts["mono"]), mg.MusicGenSettings(device="cpu", quantize="int8"))
+    eng = mg.load_engine(str(ckpts["mono"]), Settings(device="cpu", quantize="int8"))
     a = eng.generate(req(30, seed=3), Steps())
     b = eng.generate(req(30, seed=3), Steps())
     np.testing.assert_array_equal(codes_of(a), codes_of(b))

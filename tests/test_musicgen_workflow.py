@@ -5,46 +5,42 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from client import LongsongClient
-from conftest import running_workers
-from longsong.audio_io import from_npy_bytes
+from longsong.audio.npy import from_npy_bytes
+from longsong.client import LongsongClient
 from longsong.engines.registry import EngineRegistry
+from longsong.frames import FRAME_RATE
 from longsong.request import SongRequest
+from longsong.settings import Settings
+from longsong.worker import in_process
 
 torch = pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module")
 def tiny_registry(tmp_path_factory):
+    from longsong.engines.musicgen import load_models
     from tiny_musicgen import build_tiny_checkpoint
 
-    from longsong.engines.musicgen import load_models_from_env
-
     path = build_tiny_checkpoint(tmp_path_factory.mktemp("musicgen") / "tiny-mono")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LONGSONG_MODELS", str(path))
-    mp.setenv("LONGSONG_DEVICE", "cpu")
-    try:
-        return EngineRegistry(load_models_from_env()), path
-    finally:
-        mp.undo()
+    return EngineRegistry(load_models(Settings(models=(str(path),), device="cpu"))), path
 
 
-def test_musicgen_song_through_workflow(temporal_address, storage, queues, tiny_registry, monkeypatch):
+def test_musicgen_song_through_workflow(temporal_address, storage, settings, tiny_registry):
     from longsong.engines.musicgen import decode_handoff
 
     registry, path = tiny_registry
-    monkeypatch.setenv("LONGSONG_KEEP_SCRATCH", "1")
+    settings = replace(settings, keep_scratch=True)
     req = SongRequest(prompt="tiny test tune", duration_s=30, segment_s=16, overlap_s=6, crossfade_s=1,
                       engine="musicgen", top_k=50, seed=4, formats=["wav"], user_id="mg")
 
     async def main():
-        async with running_workers(temporal_address, storage, *queues, registry=registry) as client:
-            lc = LongsongClient(client, *queues)
+        async with in_process(temporal_address, settings, storage, registry=registry) as client:
+            lc = LongsongClient(client, settings)
             return await lc.result((await lc.submit(req)).workflow_id)
 
     result = asyncio.run(main())
@@ -57,7 +53,7 @@ def test_musicgen_song_through_workflow(temporal_address, storage, queues, tiny_
     # Token hand-off: each window starts from exactly the previous window's last codes.
     states = [decode_handoff(storage.get_bytes(f"work/{req.request_id}/seg-{i:03d}.state"))[1] for i in range(3)]
     for prev, cur, seg in zip(states, states[1:], segs[1:]):
-        context = round(seg["context_s"] * 50)
+        context = round(seg["context_s"] * FRAME_RATE)
         np.testing.assert_array_equal(cur[:, :context], prev[:, -context:])
     for i, seg in enumerate(segs):
         audio = from_npy_bytes(storage.get_bytes(f"work/{req.request_id}/seg-{i:03d}.npy"))

@@ -3,7 +3,8 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from longsong.plan import FRAME_RATE, OUTRO_TEXT, make_plan, segment_seed
+from longsong.frames import FRAME_RATE
+from longsong.plan import OUTRO_TEXT, make_plan, segment_seed
 from longsong.request import Section, SongRequest, validate
 
 

@@ -8,9 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from longsong.engines.base import EngineError, WindowRequest, WindowResult
-from longsong.engines.procedural import NOTE_PC, SCALES, ProceduralEngine
-from longsong.payloads import Sampling
+from longsong.engines.procedural import ProceduralEngine
+from longsong.engines.procedural.song import NOTE_PC, SCALES
 from longsong.plan import OUTRO_TEXT
+from longsong.request import Sampling
 
 SR = 32000
 FRAME = 640
@@ -18,8 +19,8 @@ ENGINE = ProceduralEngine()
 
 
 def window(text: str, seed: int = 1, n: int = 1500, context: int = 0, handoff: bytes | None = None,
-           progress=lambda done, total: None) -> WindowResult:
-    return ENGINE.generate(WindowRequest(text, seed, n, context, Sampling(), handoff), progress)
+           on_step=lambda done, total: None) -> WindowResult:
+    return ENGINE.generate(WindowRequest(text, seed, n, context, Sampling(), handoff), on_step)
 
 
 def rms_db(x: np.ndarray) -> float:
@@ -170,7 +171,7 @@ def test_outro_ends_in_a_fade_on_the_tonic():
 
 def test_progress_is_reported_and_cancellation_propagates():
     calls = []
-    window("house", progress=lambda done, total: calls.append((done, total)))
+    window("house", on_step=lambda done, total: calls.append((done, total)))
     assert len(calls) >= 5 and calls[-1][0] == calls[-1][1]
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
 
@@ -182,7 +183,7 @@ def test_progress_is_reported_and_cancellation_propagates():
             raise Cancelled
 
     with pytest.raises(Cancelled):
-        window("house", progress=cancel)
+        window("house", on_step=cancel)
 
 
 def mutated(handoff: bytes, path: tuple, value) -> bytes:

@@ -11,8 +11,8 @@ from temporalio import workflow
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from longsong.payloads import SongJob, SongResult
-from workflows import SongWorkflow
+from longsong.workflows import SongWorkflow
+from longsong.workflows.messages import SongJob, SongResult
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 

@@ -3,12 +3,11 @@
 import numpy as np
 import pytest
 
-from longsong.assemble import assemble
+from longsong.audio.assemble import assemble
 from longsong.engines.base import WindowRequest
 from longsong.engines.procedural import ProceduralEngine
-from longsong.payloads import Sampling
 from longsong.plan import make_plan
-from longsong.request import Section, SongRequest, validate
+from longsong.request import Sampling, Section, SongRequest, validate
 
 
 def render(req: SongRequest):

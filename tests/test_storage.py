@@ -1,5 +1,5 @@
 """Storage contract, run against both backends (filesystem and S3 on a loopback moto server), plus the S3
-backend's own behaviour: settings parsing, lifecycle rules, privacy, integrity checks, error mapping and
+backend's own behaviour: settings, lifecycle rules, privacy, integrity checks, error mapping and
 bounded retries. What moto does not check (secrets, presigned expiry) is tested on our code, with a tiny
 fake S3 endpoint that answers what a test needs."""
 
@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import threading
-import time
 import urllib.error
 import urllib.request
 from datetime import timedelta
@@ -21,19 +20,15 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from minio import Minio
 from minio.commonconfig import ENABLED, Filter
-from minio.error import S3Error
+from minio.error import InvalidResponseError, S3Error
 from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
 
-from longsong.storage import COMMIT_MARKER, FileStorage, StorageError, open_storage
-from longsong.storage_s3 import (
-    S3Storage,
-    StorageUnavailable,
-    _digests,
-    check_link_expiry,
-    parse_days,
-    parse_link_expiry,
-)
-from longsong.tracks import complete_tracks, incomplete_tracks, is_complete, track_keys
+from longsong.settings import Settings, SettingsError
+from longsong.storage import COMMIT_MARKER, FileStorage, StorageError, StorageUnavailable, open_storage
+from longsong.storage.s3 import S3Storage
+from longsong.storage.s3.client import _digests, check_link_expiry
+from longsong.storage.s3.errors import Caller
+from longsong.storage.tracks import complete_tracks, incomplete_tracks, is_complete, track_keys
 from s3_server import free_port, new_bucket_name, s3_env, s3_server  # noqa: F401  (fixtures)
 
 MiB = 1024 * 1024
@@ -247,7 +242,7 @@ def test_s3_public_bucket_policy_warns(s3_server, caplog):
     client.set_bucket_policy(bucket, json.dumps({"Version": "2012-10-17", "Statement": [{
         "Effect": "Allow", "Principal": {"AWS": ["*"]}, "Action": ["s3:GetObject"],
         "Resource": [f"arn:aws:s3:::{bucket}/*"]}]}))
-    with caplog.at_level(logging.WARNING, logger="longsong.storage_s3"):
+    with caplog.at_level(logging.WARNING, logger="longsong.storage.s3"):
         S3Storage.from_url(f"s3://{bucket}/x", env=s3_server)
     assert "lets anyone read" in caplog.text
 
@@ -255,7 +250,7 @@ def test_s3_public_bucket_policy_warns(s3_server, caplog):
 def test_s3_lifecycle_rules(s3_server):
     bucket = new_bucket_name()
     env = dict(s3_server, LONGSONG_RETENTION_DAYS="30", LONGSONG_SCRATCH_EXPIRY_DAYS="3")
-    st = S3Storage.from_url(f"s3://{bucket}/prod", env=env)
+    st = S3Storage.from_url(f"s3://{bucket}/prod", Settings.from_env(env), env=env)
     client = st._client
 
     def rules():
@@ -276,7 +271,8 @@ def test_s3_lifecycle_rules(s3_server):
     assert got["longsong-scratch:prod/"].expiration.days == 2
     assert got["longsong-scratch:staging/"].rule_filter.prefix == "staging/work/"
     assert got["ops-logs"].expiration.days == 9
-    S3Storage.from_url(f"s3://{bucket}/prod", env=dict(s3_server, LONGSONG_SCRATCH_EXPIRY_DAYS="off"))
+    S3Storage.from_url(f"s3://{bucket}/prod", Settings.from_env({"LONGSONG_SCRATCH_EXPIRY_DAYS": "off"}),
+                       env=s3_server)
     assert "longsong-scratch:prod/" not in rules()
 
 
@@ -289,39 +285,47 @@ def test_s3_link_settings(s3_server):
     with pytest.raises(StorageError, match="7 days"):
         st.link("audio/u/r/track.mp3", timedelta(days=7, seconds=1))
     no_region = {k: v for k, v in s3_server.items() if k != "AWS_REGION"}
-    st3 = S3Storage.from_url(f"s3://{st.bucket}", env=dict(no_region, LONGSONG_LINK_ENDPOINT="http://cdn.local"))
+    st3 = S3Storage.from_url(f"s3://{st.bucket}", Settings.from_env({"LONGSONG_LINK_ENDPOINT": "http://cdn.local"}),
+                             env=no_region)
     assert "%2Fus-east-1%2Fs3%2F" in st3.link("audio/u/r/track.mp3")  # region asked from the bucket
-    st2 = S3Storage.from_url(f"s3://{st.bucket}", env=dict(s3_server, LONGSONG_LINK_EXPIRY="90m"))
+    st2 = S3Storage.from_url(f"s3://{st.bucket}", Settings.from_env({"LONGSONG_LINK_EXPIRY": "90m"}), env=s3_server)
     assert "X-Amz-Expires=5400" in st2.link("audio/u/r/track.mp3")
-    with pytest.raises(StorageError, match="LONGSONG_LINK_EXPIRY.*7 days"):
-        S3Storage.from_url(f"s3://{st.bucket}", env=dict(s3_server, LONGSONG_LINK_EXPIRY="8d"))
+    with pytest.raises(SettingsError, match="LONGSONG_LINK_EXPIRY.*7 days"):
+        S3Storage.from_url(f"s3://{st.bucket}", Settings.from_env({"LONGSONG_LINK_EXPIRY": "8d"}), env=s3_server)
 
 
-@pytest.mark.parametrize("text,seconds", [("24h", 86400), ("7d", 604800), ("3600s", 3600), ("3600", 3600),
-                                          ("90m", 5400), ("1h30m", 5400), ("1w", 604800), (" 2D ", 172800)])
-def test_parse_link_expiry(text, seconds):
-    assert parse_link_expiry(text) == timedelta(seconds=seconds)
+def test_link_region_from_the_bucket(s3_server):
+    """Without AWS_REGION, links for LONGSONG_LINK_ENDPOINT are signed for the region the bucket reports."""
+    bucket = new_bucket_name()
+    Minio(urlparse(s3_server["AWS_ENDPOINT_URL_S3"]).netloc, s3_server["AWS_ACCESS_KEY_ID"],
+          s3_server["AWS_SECRET_ACCESS_KEY"], secure=False, region="eu-west-1").make_bucket(bucket, "eu-west-1")
+    no_region = {k: v for k, v in s3_server.items() if k != "AWS_REGION"}
+    st = S3Storage.from_url(f"s3://{bucket}", Settings(link_endpoint="http://cdn.local"), env=no_region, init=False)
+    url = st.link("audio/u/r/track.mp3")
+    assert url.startswith(f"http://cdn.local/{bucket}/audio/u/r/track.mp3?") and "%2Feu-west-1%2Fs3%2F" in url
 
 
-@pytest.mark.parametrize("text", ["8d", "169h", "2w", "0", "0s", "", "abc", "-5m", "5 minutes", "1.5h"])
-def test_parse_link_expiry_rejects(text):
-    with pytest.raises(StorageError, match="LONGSONG_LINK_EXPIRY"):
-        parse_link_expiry(text)
+def test_link_region_fallback_and_errors(fake_s3):
+    """No x-amz-bucket-region header (MinIO without a region) means us-east-1; the answer is kept."""
+    fake = fake_s3(lambda m, p, q: (200, {}, b""))
+    st = fake.storage(region=None, link_endpoint="https://media.example.com")
+    assert "%2Fus-east-1%2Fs3%2F" in st.link("audio/u/r/track.mp3")
+    st.link("audio/u/r/track.flac")
+    assert fake.requests == [("HEAD", "/bucket", {})]
+    fake.respond = lambda m, p, q: (200, {"x-amz-bucket-region": "eu-central-1"}, b"")
+    assert "%2Feu-central-1%2Fs3%2F" in fake.storage(region=None, link_endpoint="https://media.example.com").link("a")
+    fake.respond = lambda m, p, q: (404, {}, b"")
+    with pytest.raises(StorageError, match="bucket 'bucket' does not exist"):
+        fake.storage(region=None, link_endpoint="https://media.example.com").link("a")
+    fake.respond = lambda m, p, q: (503, {}, b"")
+    with pytest.raises(StorageUnavailable, match="gave up after 3 attempts"):
+        fake.storage(region=None, link_endpoint="https://media.example.com").link("a")
 
 
 def test_check_link_expiry_limit():
     assert check_link_expiry(timedelta(days=7)) == timedelta(days=7)
     with pytest.raises(StorageError, match="7 days"):
         check_link_expiry(timedelta(days=7, seconds=1))
-
-
-def test_parse_days():
-    assert parse_days(None, "X", 2) == 2 and parse_days("", "X", None) is None
-    assert parse_days("30", "X", None) == 30 and parse_days("30d", "X", None) == 30
-    assert parse_days("off", "X", 2) is None and parse_days("0", "X", 2) is None
-    for bad in ("-1", "abc", "1.5"):
-        with pytest.raises(StorageError, match="X"):
-            parse_days(bad, "X", 2)
 
 
 GOOD_ENV = {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
@@ -337,27 +341,27 @@ def test_bad_storage_urls(url):
     assert "\n" not in str(e.value) and "LONGSONG_STORAGE" in str(e.value)
 
 
-@pytest.mark.parametrize("change,match", [
-    ({"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}, "no credentials"),
-    ({"AWS_SECRET_ACCESS_KEY": None}, "only one is set"),
-    ({"AWS_ENDPOINT_URL_S3": "ftp://minio:9000"}, "AWS_ENDPOINT_URL_S3"),
-    ({"AWS_ENDPOINT_URL_S3": "http://minio:9000/path"}, "AWS_ENDPOINT_URL_S3"),
-    ({"AWS_ENDPOINT_URL_S3": "http://minio:port"}, "AWS_ENDPOINT_URL_S3"),
-    ({"LONGSONG_RETENTION_DAYS": "forever"}, "LONGSONG_RETENTION_DAYS"),
-    ({"LONGSONG_SCRATCH_EXPIRY_DAYS": "-2"}, "LONGSONG_SCRATCH_EXPIRY_DAYS"),
-    ({"LONGSONG_LINK_EXPIRY": "30d"}, "LONGSONG_LINK_EXPIRY"),
-    ({"LONGSONG_LINK_ENDPOINT": "cdn://x"}, "LONGSONG_LINK_ENDPOINT"),
+@pytest.mark.parametrize("change,error,match", [
+    ({"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}, StorageError, "no credentials"),
+    ({"AWS_SECRET_ACCESS_KEY": None}, StorageError, "only one is set"),
+    ({"AWS_ENDPOINT_URL_S3": "ftp://minio:9000"}, StorageError, "AWS_ENDPOINT_URL_S3"),
+    ({"AWS_ENDPOINT_URL_S3": "http://minio:9000/path"}, StorageError, "AWS_ENDPOINT_URL_S3"),
+    ({"AWS_ENDPOINT_URL_S3": "http://minio:port"}, StorageError, "AWS_ENDPOINT_URL_S3"),
+    ({"LONGSONG_RETENTION_DAYS": "forever"}, SettingsError, "LONGSONG_RETENTION_DAYS"),
+    ({"LONGSONG_SCRATCH_EXPIRY_DAYS": "-2"}, SettingsError, "LONGSONG_SCRATCH_EXPIRY_DAYS"),
+    ({"LONGSONG_LINK_EXPIRY": "30d"}, SettingsError, "LONGSONG_LINK_EXPIRY"),
+    ({"LONGSONG_LINK_ENDPOINT": "cdn://x"}, StorageError, "LONGSONG_LINK_ENDPOINT"),
 ])
-def test_bad_settings(change, match):
+def test_bad_settings(change, error, match):
     env = {k: v for k, v in {**GOOD_ENV, **change}.items() if v is not None}
-    with pytest.raises(StorageError, match=match) as e:
-        S3Storage.from_url("s3://bucket/x", env=env)
+    with pytest.raises(error, match=match) as e:
+        S3Storage.from_url("s3://bucket/x", Settings.from_env(env), env=env)
     assert "\n" not in str(e.value)
 
 
 def test_settings_parsed_without_network():
-    st = S3Storage.from_url("s3://my.bucket-1/a/b/", env={**GOOD_ENV, "AWS_ENDPOINT_URL_S3": "https://s3.local:8443",
-                                                         "LONGSONG_RETENTION_DAYS": "30d"}, init=False)
+    env = {**GOOD_ENV, "AWS_ENDPOINT_URL_S3": "https://s3.local:8443", "LONGSONG_RETENTION_DAYS": "30d"}
+    st = S3Storage.from_url("s3://my.bucket-1/a/b/", Settings.from_env(env), env=env, init=False)
     assert (st.bucket, st.prefix, st.url) == ("my.bucket-1", "a/b/", "s3://my.bucket-1/a/b/")
     assert (st.host, st.secure, st.retention_days, st.scratch_expiry_days) == ("s3.local:8443", True, 30, 2)
     assert st.link_expiry == timedelta(hours=24)
@@ -401,6 +405,15 @@ def test_s3_error_mapping(code, status, kind):
     assert not isinstance(e.value, StorageUnavailable) or kind is StorageUnavailable
     assert len(calls) == (3 if kind is StorageUnavailable else 1)  # only transient errors are retried
     assert "\n" not in str(e.value)
+
+
+def test_non_s3_answer_status_from_the_sdk_message():
+    """minio keeps a non-XML answer's HTTP status private; its message carries it: pinned to the installed SDK."""
+    call = Caller("bucket", "", "http://127.0.0.1:9")
+    kind, message = call.describe(InvalidResponseError(503, "text/html", "x"), "list", None)
+    assert (kind, "HTTP 503" in message) == ("transient", True)
+    kind, message = call.describe(InvalidResponseError(404, "text/html", "x"), "list", None)
+    assert (kind, "HTTP 404" in message) == ("permanent", True)
 
 
 def test_unknown_exceptions_pass_through():
@@ -533,7 +546,7 @@ def test_lifecycle_refused(fake_s3, caplog):
         return 200, {}, b""
 
     fake = fake_s3(respond)
-    with caplog.at_level(logging.WARNING, logger="longsong.storage_s3"):
+    with caplog.at_level(logging.WARNING, logger="longsong.storage.s3"):
         fake.storage(init=True)  # scratch expiry only: a warning, the worker still starts
     assert "will not expire" in caplog.text
     with pytest.raises(StorageError, match="LONGSONG_RETENTION_DAYS=30"):
@@ -561,11 +574,9 @@ def test_lifecycle_without_multipart_rule_support(fake_s3):
 
 def test_transient_errors_give_up_after_bounded_retries(fake_s3):
     fake = fake_s3(lambda m, p, q: xml_error(503, "SlowDown"))
-    t0 = time.monotonic()
     with pytest.raises(StorageUnavailable, match="gave up after 3 attempts"):
         fake.storage().list("")
     assert len(fake.requests) == 3
-    assert time.monotonic() - t0 < 5
 
 
 def test_transient_errors_retried_then_succeed(fake_s3):
@@ -604,13 +615,11 @@ def test_not_an_s3_endpoint(fake_s3):
         fake.storage().list("")
 
 
-def test_connection_refused_is_unavailable_quickly():
+def test_connection_refused_is_unavailable():
     port = free_port()
     env = {**GOOD_ENV, "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}"}
-    t0 = time.monotonic()
     with pytest.raises(StorageUnavailable, match="cannot connect") as e:
         S3Storage.from_url("s3://bucket/x", env=env, attempts=3, retry_base_delay=0.05)
-    assert time.monotonic() - t0 < 3
     assert "\n" not in str(e.value) and "gave up after 3 attempts" in str(e.value)
     st = S3Storage.from_url("s3://bucket/x", env=env, init=False, attempts=2, retry_base_delay=0.01)
     with pytest.raises(StorageUnavailable):

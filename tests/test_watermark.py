@@ -10,8 +10,8 @@ import pyloudnorm
 import pytest
 from scipy import signal
 
-from longsong import encode, watermark
-from longsong.watermark import Detection, detect, embed
+from longsong.audio import encode, watermark
+from longsong.audio.watermark import Detection, detect, embed
 
 SR = 32000
 KEY = b"test-watermark-key"

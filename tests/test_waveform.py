@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from longsong.waveform import HEIGHT_PX, WIDTH_PX, render_waveform
+from longsong.audio.waveform import HEIGHT_PX, WIDTH_PX, render_waveform
 
 SR = 32000
 

@@ -1,5 +1,5 @@
 """Temporal workflows (deterministic, sandboxed: import nothing heavy here)."""
 
-from workflows.song import SongWorkflow
+from longsong.workflows.song import SongWorkflow
 
 __all__ = ["SongWorkflow"]

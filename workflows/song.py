@@ -11,43 +11,43 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from longsong.payloads import (
+    from longsong.plan import Plan, make_plan
+    from longsong.request import InvalidRequest, Sampling, SongRequest, validate
+    from longsong.workflows.messages import (
+        ENGINE,
+        NON_RETRYABLE_ERRORS,
+        PROGRESS,
+        STAGE,
+        USER,
         FinishJob,
         FinishOutcome,
         Progress,
-        Sampling,
         SegmentJob,
         SegmentOutcome,
         SongJob,
         SongResult,
+        Timing,
         segment_key,
     )
-    from longsong.plan import Plan, make_plan
-    from longsong.request import InvalidRequest, SongRequest, validate
 
-STAGE = SearchAttributeKey.for_keyword("LongsongStage")
-PROGRESS = SearchAttributeKey.for_int("LongsongProgress")
-USER = SearchAttributeKey.for_keyword("LongsongUserId")
-ENGINE = SearchAttributeKey.for_keyword("LongsongEngine")
-
-# Errors no retry can fix; activities raise them as non-retryable ApplicationErrors too.
-FATAL_ERRORS = ["InvalidRequest", "EngineError", "StorageError", "SilentTrackError", "FfmpegMissing"]
-RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=5,
-    non_retryable_error_types=FATAL_ERRORS,
-)
 SEGMENT_TIMEOUT = timedelta(minutes=30)
-SEGMENT_HEARTBEAT = timedelta(seconds=60)  # > one bounded storage call (~45 s)
 CPU_TIMEOUT = timedelta(minutes=10)
-CPU_HEARTBEAT = timedelta(seconds=60)
 FINISHING_ESTIMATE_S = 5.0  # ETA allowance for the CPU stage before it has run
+
+
+def retry_policy(timing: Timing) -> RetryPolicy:
+    """Bounded retries (an oversized result is retryable: unbounded attempts would resend it forever)."""
+    return RetryPolicy(
+        initial_interval=timedelta(seconds=timing.retry_initial_s),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(seconds=timing.retry_max_s),
+        maximum_attempts=5,
+        non_retryable_error_types=list(NON_RETRYABLE_ERRORS),
+    )
 
 
 @workflow.defn(name="SongWorkflow")
@@ -62,7 +62,9 @@ class SongWorkflow:
     @workflow.run
     async def run(self, job: SongJob) -> SongResult:
         self._started = workflow.now()
-        gpu_queue, cpu_queue = job.gpu_queue, job.cpu_queue
+        self._job = job
+        self._retry = retry_policy(job.timing)
+        self._heartbeat = timedelta(seconds=job.timing.heartbeat_timeout_s)
         try:
             req = validate(job.request)
         except InvalidRequest as e:
@@ -74,7 +76,7 @@ class SongWorkflow:
         self._total = len(plan.segments)
         workflow.upsert_search_attributes([USER.value_set(req.user_id), ENGINE.value_set(req.engine)])
         try:
-            segments = await self._generate(req, plan, gpu_queue)
+            segments = await self._generate(req, plan)
             t_gen = workflow.now()
             self._set_stage("finishing")
             records = [segment_key(req.request_id, s.index, "json") for s in segments]
@@ -83,17 +85,17 @@ class SongWorkflow:
                 FinishJob(req, seed, replace(plan, segments=[]), records, watermark_id, self._started.isoformat(),
                           {"generation_s": (t_gen - self._started).total_seconds()}),
                 result_type=FinishOutcome,
-                task_queue=cpu_queue,
+                task_queue=job.cpu_queue,
                 start_to_close_timeout=CPU_TIMEOUT,
-                heartbeat_timeout=CPU_HEARTBEAT,
-                retry_policy=RETRY,
+                heartbeat_timeout=self._heartbeat,
+                retry_policy=self._retry,
                 summary="assemble, master, watermark, encode " + ", ".join(req.formats) + ", store",
             )
         except (Exception, asyncio.CancelledError) as e:
             self._set_stage("cancelled" if is_cancelled_exception(e) else "failed")
-            await self._cleanup(req.request_id, cpu_queue)
+            await self._cleanup(req.request_id)
             raise
-        await self._cleanup(req.request_id, cpu_queue)
+        await self._cleanup(req.request_id)
         done = workflow.now()
         total = (done - self._started).total_seconds()
         generation = sum(s.generate_s for s in segments)
@@ -118,7 +120,7 @@ class SongWorkflow:
             urls=finished.urls,
         )
 
-    async def _generate(self, req: SongRequest, plan: Plan, gpu_queue: str) -> list[SegmentOutcome]:
+    async def _generate(self, req: SongRequest, plan: Plan) -> list[SegmentOutcome]:
         """Continuation is sequential: window i is conditioned on window i-1's stored hand-off."""
         self._set_stage("generating")
         outcomes: list[SegmentOutcome] = []
@@ -141,10 +143,10 @@ class SongWorkflow:
                 "generate_segment",
                 job,
                 result_type=SegmentOutcome,
-                task_queue=gpu_queue,
+                task_queue=self._job.gpu_queue,
                 start_to_close_timeout=SEGMENT_TIMEOUT,
-                heartbeat_timeout=SEGMENT_HEARTBEAT,
-                retry_policy=RETRY,
+                heartbeat_timeout=self._heartbeat,
+                retry_policy=self._retry,
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                 summary=f"segment {seg.index + 1}/{len(plan.segments)}, "
                         f"{seg.start_s:.0f}–{seg.end_s:.0f} s",
@@ -156,14 +158,14 @@ class SongWorkflow:
             self._set_stage("generating")
         return outcomes
 
-    async def _cleanup(self, request_id: str, cpu_queue: str) -> None:
+    async def _cleanup(self, request_id: str) -> None:
         """Remove the song's scratch objects, also after cancellation (a fresh, uncancelled activity)."""
         await workflow.execute_activity(
             "cleanup_scratch",
             request_id,
-            task_queue=cpu_queue,
+            task_queue=self._job.cpu_queue,
             start_to_close_timeout=timedelta(minutes=2),
-            retry_policy=RETRY,
+            retry_policy=self._retry,
             summary="remove scratch objects",
         )
 

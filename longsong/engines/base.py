@@ -7,10 +7,10 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from longsong.payloads import Sampling
+from longsong.request import Sampling
 
-Progress = Callable[[int, int], None]
-"""progress(done_steps, total_steps); the activity heartbeats and raises if cancelled."""
+StepCallback = Callable[[int, int], None]
+"""on_step(done_steps, total_steps); the activity heartbeats and raises if cancelled."""
 
 
 class EngineError(RuntimeError):
@@ -33,7 +33,7 @@ class WindowRequest:
 
 @dataclass
 class WindowResult:
-    audio: np.ndarray  # float32, shape (channels, n_frames * sample_rate // 50), context part included
+    audio: np.ndarray  # float32, shape (channels, n_frames * sample_rate // FRAME_RATE), context part included
     handoff: bytes  # state to continue from the end of this window
     details: dict[str, str]  # engine facts recorded in the track metadata
 
@@ -45,4 +45,4 @@ class Engine(Protocol):
     sample_rate: int
     channels: int
 
-    def generate(self, req: WindowRequest, progress: Progress) -> WindowResult: ...
+    def generate(self, req: WindowRequest, on_step: StepCallback) -> WindowResult: ...

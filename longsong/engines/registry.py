@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import os
 
 from longsong.engines.base import Engine, EngineError
-
-log = logging.getLogger(__name__)
+from longsong.settings import Settings
 
 
 class EngineRegistry:
@@ -15,21 +13,18 @@ class EngineRegistry:
         self._engines = engines
 
     @classmethod
-    def from_env(cls) -> "EngineRegistry":
+    def from_settings(cls, settings: Settings) -> "EngineRegistry":
         """LONGSONG_ENGINES (default "procedural"); musicgen loads every model in LONGSONG_MODELS."""
-        names = [n.strip() for n in os.environ.get("LONGSONG_ENGINES", "procedural").split(",") if n.strip()]
         engines: list[Engine] = []
-        for name in names:
+        for name in settings.engines:
             if name == "procedural":
                 from longsong.engines.procedural import ProceduralEngine
 
                 engines.append(ProceduralEngine())
             elif name == "musicgen":
-                from longsong.engines.musicgen import load_models_from_env
+                from longsong.engines.musicgen import load_models
 
-                engines.extend(load_models_from_env())
-            else:
-                raise EngineError(f"LONGSONG_ENGINES: unknown engine {name!r} (allowed: procedural, musicgen)")
+                engines.extend(load_models(settings))
         return cls(engines)
 
     def served(self) -> list[str]:

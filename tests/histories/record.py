@@ -7,17 +7,17 @@ Re-record only when a workflow change is meant to be incompatible (and version i
 from __future__ import annotations
 
 import asyncio
-import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent.parent), str(HERE.parent)]
+from longsong.client import LongsongClient
+from longsong.devstack import dev_server
+from longsong.request import Section, SongRequest
+from longsong.settings import Settings
+from longsong.storage import FileStorage
+from longsong.worker import in_process
 
-import conftest  # noqa: E402
-from client import LongsongClient  # noqa: E402
-from longsong.request import Section, SongRequest  # noqa: E402
-from longsong.storage import FileStorage  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 SONGS = {
     "song-45s-sections": SongRequest(prompt="replay check", duration_s=45, seed=3, formats=["mp3"],
@@ -29,8 +29,9 @@ SONGS = {
 
 
 async def record(address: str, storage: FileStorage) -> None:
-    async with conftest.running_workers(address, storage, "replay-gpu", "replay-cpu") as client:
-        lc = LongsongClient(client, "replay-gpu", "replay-cpu")
+    settings = Settings(gpu_queue="replay-gpu", cpu_queue="replay-cpu")
+    async with in_process(address, settings, storage) as client:
+        lc = LongsongClient(client, settings)
         for name, req in SONGS.items():
             handle = await lc.submit(req)
             await lc.result(handle.workflow_id)
@@ -40,7 +41,7 @@ async def record(address: str, storage: FileStorage) -> None:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp, conftest.dev_server(Path(tmp) / "t.db") as address:
+    with tempfile.TemporaryDirectory() as tmp, dev_server(Path(tmp) / "t.db") as address:
         asyncio.run(record(address, FileStorage(Path(tmp) / "objects")))
 
 

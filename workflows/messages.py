@@ -9,20 +9,22 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from temporalio.common import SearchAttributeKey
+
 from longsong.plan import Plan, Segment
-from longsong.request import SongRequest
+from longsong.request import Sampling, SongRequest
+from longsong.settings import Settings
 
+# Custom search attributes shown in the Temporal Web UI, and their types for `temporal ... --search-attribute`.
+STAGE = SearchAttributeKey.for_keyword("LongsongStage")
+PROGRESS = SearchAttributeKey.for_int("LongsongProgress")
+USER = SearchAttributeKey.for_keyword("LongsongUserId")
+ENGINE = SearchAttributeKey.for_keyword("LongsongEngine")
+SEARCH_ATTRIBUTES = {STAGE.name: "Keyword", PROGRESS.name: "Int", USER.name: "Keyword", ENGINE.name: "Keyword"}
 
-@dataclass
-class Sampling:
-    temperature: float = 1.0
-    top_k: int = 250
-    top_p: float = 0.0
-    cfg: float = 3.0
-
-    @classmethod
-    def of(cls, req: SongRequest) -> "Sampling":
-        return cls(req.temperature, req.top_k, req.top_p, req.cfg)
+# Class names of core errors no retry can fix: activities raise them as non-retryable ApplicationErrors,
+# and the workflow's retry policies name them too.
+NON_RETRYABLE_ERRORS = ("InvalidRequest", "EngineError", "StorageError", "SilentTrackError", "FfmpegMissing")
 
 
 def scratch_prefix(request_id: str) -> str:
@@ -140,12 +142,27 @@ class FinishOutcome:
 
 
 @dataclass
+class Timing:
+    """Activity heartbeat timeout and retry intervals, from the settings of the client that starts the
+    song (the workflow may not read the environment). Defaults keep recorded histories' values."""
+
+    heartbeat_timeout_s: float = Settings.heartbeat_timeout_s
+    retry_initial_s: float = Settings.retry_initial_s
+    retry_max_s: float = Settings.retry_max_s
+
+    @classmethod
+    def of(cls, settings: Settings) -> "Timing":
+        return cls(settings.heartbeat_timeout_s, settings.retry_initial_s, settings.retry_max_s)
+
+
+@dataclass
 class SongJob:
-    """The workflow's input: the request plus where its activities run (config, not request)."""
+    """The workflow's input: the request plus where and how its activities run (config, not request)."""
 
     request: SongRequest
     gpu_queue: str
     cpu_queue: str
+    timing: Timing = field(default_factory=Timing)
 
 
 @dataclass

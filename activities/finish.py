@@ -13,17 +13,20 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-
 from temporalio import activity
 
-from activities.errors import classified, worker_identity
-from longsong import config
-from longsong.assemble import assemble
-from longsong.audio_io import from_npy_bytes
-from longsong.encode import CONTENT_TYPES, EXTENSIONS, encode, encode_and_decode
+from longsong.activities.errors import classified, worker_identity
+from longsong.audio.assemble import assemble
+from longsong.audio.encode import CONTENT_TYPES, EXTENSIONS, encode, encode_and_decode
+from longsong.audio.mastering import master_track
+from longsong.audio.npy import from_npy_bytes
+from longsong.audio.true_peak import true_peak_dbtp
+from longsong.audio.watermark import embed
+from longsong.audio.waveform import render_waveform
 from longsong.manifest import build_manifest, track_tags
-from longsong.mastering import master, true_peak_dbtp
-from longsong.payloads import (
+from longsong.settings import Settings
+from longsong.storage import COMMIT_MARKER, Storage
+from longsong.workflows.messages import (
     FinishJob,
     FinishOutcome,
     Mastered,
@@ -32,9 +35,6 @@ from longsong.payloads import (
     scratch_prefix,
     track_prefix,
 )
-from longsong.storage import COMMIT_MARKER, Storage
-from longsong.watermark import embed
-from longsong.waveform import render_waveform
 
 LOSSY = ("mp3", "opus")
 
@@ -63,9 +63,10 @@ def _encode_checked(audio: np.ndarray, sr: int, fmt: str, path: Path, tags: dict
     return path, peak, time.perf_counter() - t
 
 
-class PostActivities:
-    def __init__(self, storage: Storage):
+class FinishActivities:
+    def __init__(self, storage: Storage, settings: Settings):
         self.storage = storage
+        self.settings = settings
 
     @activity.defn(name="finish_song")
     def finish_song(self, job: FinishJob) -> FinishOutcome:
@@ -88,11 +89,11 @@ class PostActivities:
             del windows
             timings["assemble_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            mastered, report = master(track, sr, req.loudness_lufs, req.true_peak_dbtp)
+            mastered, report = master_track(track, sr, req.loudness_lufs, req.true_peak_dbtp)
             timings["master_s"] = time.perf_counter() - t
             activity.heartbeat("mastered")
             t = time.perf_counter()
-            audio = embed(mastered, sr, job.watermark_id, config.watermark_key())
+            audio = embed(mastered, sr, job.watermark_id, self.settings.watermark_secret)
             timings["watermark_s"] = time.perf_counter() - t
             activity.heartbeat("watermarked")
 
@@ -136,7 +137,7 @@ class PostActivities:
     @activity.defn(name="cleanup_scratch")
     def cleanup_scratch(self, request_id: str) -> int:
         """Delete work/{request_id}/ unless LONGSONG_KEEP_SCRATCH is set (for debugging)."""
-        if config.keep_scratch():
+        if self.settings.keep_scratch:
             return 0
         with classified():
             return self.storage.delete_prefix(scratch_prefix(request_id))

@@ -8,22 +8,18 @@ Python every step and cannot be compiled. This loop drives the same weights (the
   the text cross-attention keys/values computed once per window;
 - a KV cache preallocated for the whole window and for both classifier-free-guidance halves
   (batch 2: row 0 conditional, row 1 unconditional, as transformers orders them);
-- MusicGen's delay pattern applied on-device from a precomputed table (identical to transformers'
-  `build_delay_pattern_mask` / `apply_delay_pattern_mask`, pad token = BOS = vocab size);
-- CFG (`uncond + (cond - uncond) * scale`, transformers' ClassifierFreeGuidanceLogitsProcessor) then
-  temperature, top-k and top-p (in transformers' order) and the draw, all on-device: the draw uses
-  exponential noise generated once per window from the request's seed (`argmax(p / E)`, E ~ Exp(1),
-  samples exactly from p), so there are no per-step host syncs or Python-side tensors;
+- MusicGen's delay pattern applied on-device from a precomputed table (delay.py);
+- CFG, temperature, top-k, top-p and the draw on-device from noise made once per window (sampling.py),
+  so there are no per-step host syncs or Python-side tensors;
 - on CUDA the whole step (sample, write, embed, 24-48 layers, heads) is captured once per window in
   a CUDA graph over static buffers ("static" mode: fixed shapes, positions as device tensors,
   attention over the whole cache with a position mask) and replayed; on CPU the step runs eagerly
   and attends over the filled part of the cache only ("eager" mode);
-- optional int8 dynamic quantization of the decoder's linear layers on CPU.
+- fused linear layers, optionally int8 dynamically quantized on CPU (linears.py).
 
-Token layout: position 0 is BOS; codebook k's frame j sits at position j + 1 + d(k) with d(k) = k
-(mono) or k // 2 (stereo: left/right codebooks interleaved); a window of n frames has L = n + C
-positions (C = codebooks per channel): after a prefill of the s = m + 1 known positions (m hand-off
-frames) it samples L - s tokens, one decoding step each (progress counts these).
+A window of n frames has L = n + C positions (C = codebooks per channel, see delay.py): after a
+prefill of the s = m + 1 known positions (m hand-off frames) it samples L - s tokens, one decoding
+step each (on_step counts these).
 """
 
 from __future__ import annotations
@@ -35,135 +31,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    temperature: float = 1.0
-    top_k: int = 250  # 0: off
-    top_p: float = 0.0  # 0 (audiocraft's "off") or >= 1: off
-    cfg: float = 3.0  # guidance scale; 1: no guidance (batch 1)
-    greedy: bool = False  # argmax of the guided logits (transformers' do_sample=False)
-
-    @property
-    def use_top_p(self) -> bool:
-        return 0.0 < self.top_p < 1.0
-
-    @property
-    def batch(self) -> int:
-        return 2 if self.cfg > 1.0 else 1
-
-
-# ----------------------------------------------------------------------------------------------
-# Delay pattern
-
-
-def delay_offsets(num_codebooks: int, audio_channels: int) -> list[int]:
-    """d(k): the delay of codebook k (stereo: codebooks 2i and 2i+1 share delay i)."""
-    return [k // audio_channels for k in range(num_codebooks)]
-
-
-def build_delay_table(prompt: torch.Tensor | None, n_frames: int, num_codebooks: int, audio_channels: int,
-                      pad_token_id: int) -> tuple[torch.Tensor, int]:
-    """The delay-pattern table of a window: (L, K) int64, -1 where a token is to be predicted, else the
-    forced token (pad/BOS at the pattern's edges, the prompt's codes). Same content as transformers'
-    `build_delay_pattern_mask(cat([BOS, prompt]), pad, max_length=L)` pattern mask, transposed.
-    Returns (table, s): s = number of leading positions fully known (prefill length)."""
-    m = 0 if prompt is None else int(prompt.shape[-1])
-    channel_codebooks = num_codebooks // audio_channels
-    length = n_frames + channel_codebooks
-    table = torch.full((num_codebooks, length), -1, dtype=torch.long)
-    for k, d in enumerate(delay_offsets(num_codebooks, audio_channels)):
-        table[k, : d + 1] = pad_token_id
-        table[k, length - channel_codebooks + 1 + d:] = pad_token_id
-        if m:
-            table[k, d + 1: d + 1 + m] = prompt[k].to(torch.long)
-    return table.t().contiguous(), m + 1
-
-
-def codes_from_sequence(seq: torch.Tensor, n_frames: int, num_codebooks: int, audio_channels: int) -> torch.Tensor:
-    """Undo the delay pattern: (L, K) sequence -> (K, n_frames) codes."""
-    out = torch.empty((num_codebooks, n_frames), dtype=torch.long, device=seq.device)
-    for k, d in enumerate(delay_offsets(num_codebooks, audio_channels)):
-        out[k] = seq[d + 1: d + 1 + n_frames, k]
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Weights
-
-
-def quantize_int8(linears: list[torch.nn.Linear]) -> list[torch.nn.Module]:
-    """int8 dynamic quantization: int8 weights (per output channel), activations quantized per call
-    (torch.ao's dynamic quantized Linear: fbgemm / x86 kernels)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
-        from torch.ao.quantization import per_channel_dynamic_qconfig
-
-        out = []
-        for lin in linears:
-            lin.qconfig = per_channel_dynamic_qconfig
-            out.append(DynamicQuantizedLinear.from_float(lin))
-            del lin.qconfig
-    return out
-
-
-def _int8_fn(qlin: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The quantized op without the module's Python wrapper (~7 us less per call)."""
-    packed = getattr(getattr(qlin, "_packed_params", None), "_packed_params", None)
-    op = getattr(getattr(torch.ops, "quantized", None), "linear_dynamic", None)
-    if packed is None or op is None or getattr(qlin, "bias", lambda: None)() is not None:
-        return qlin.forward
-    return lambda x: op(x, packed, True)  # reduce_range=True, as the module does on x86
-
-
-def prepare_linear(mods: list[torch.nn.Linear], *, transpose: bool, quantize: str | None,
-                   keep: list) -> Callable[[torch.Tensor], torch.Tensor]:
-    """One callable computing cat([m(x) for m in mods], -1) (fused q|k|v, fused codebook heads).
-
-    - quantize="int8": a dynamically quantized copy (the float weights are left as they are);
-    - transpose=True (CPU): a layer with more outputs than inputs stores its weights once as one
-      contiguous (in, out) matrix used as x @ W^T: MKL's sgemm for 1-2 rows is ~1.4x faster on that
-      layout than on nn.Linear's (out, in) there (measured on this project's 2-core EPYC; narrow
-      layers are not). The modules' own weights become views of it (same function, no second copy);
-    - else: one (out, in) matrix for F.linear, the modules' weights again views of it.
-    """
-    bias = None
-    if any(m.bias is not None for m in mods):
-        bias = torch.cat([m.bias.detach() if m.bias is not None else
-                          torch.zeros(m.out_features, dtype=m.weight.dtype, device=m.weight.device) for m in mods])
-    if quantize == "int8":
-        w = torch.cat([m.weight.detach() for m in mods], dim=0)
-        lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=bias is not None, dtype=w.dtype, device=w.device)
-        with torch.no_grad():
-            lin.weight.copy_(w)
-            if bias is not None:
-                lin.bias.copy_(bias)
-        (qlin,) = quantize_int8([lin])
-        keep.append(qlin)
-        return _int8_fn(qlin)
-    start = 0
-    out_features = sum(m.weight.shape[0] for m in mods)
-    if transpose and out_features > mods[0].weight.shape[1]:  # wide outputs only: (4096 -> 1024) is faster as is
-        wt = torch.cat([m.weight.detach().t() for m in mods], dim=1).contiguous()
-        for m in mods:
-            n = m.weight.shape[0]
-            m.weight = torch.nn.Parameter(wt[:, start:start + n].t(), requires_grad=False)
-            start += n
-        if bias is None:
-            return lambda x: torch.matmul(x, wt)
-        return lambda x: torch.matmul(x, wt) + bias
-    if len(mods) == 1:
-        w = mods[0].weight.detach()
-    else:
-        w = torch.cat([m.weight.detach() for m in mods], dim=0)
-        for m in mods:
-            n = m.weight.shape[0]
-            m.weight = torch.nn.Parameter(w[start:start + n], requires_grad=False)
-            start += n
-    return lambda x: F.linear(x, w, bias)
+from longsong.engines.base import StepCallback
+from longsong.engines.musicgen.delay import build_delay_table, codes_from_sequence
+from longsong.engines.musicgen.linears import prepare_linear
+from longsong.engines.musicgen.sampling import SamplingConfig, guided, pick, window_noise
 
 
 @dataclass
@@ -256,12 +127,9 @@ class DecodeLoop:
         self.final_ln = _ln(core.layer_norm)
 
         transpose = self.device.type == "cpu" if transpose_weights is None else transpose_weights
-        keep: list = []
-        self._keep = keep  # quantized modules referenced by the callables
 
         def lin(*mods, quantized=True):
-            return prepare_linear(list(mods), transpose=transpose, quantize=quantize if quantized else None,
-                                  keep=keep)
+            return prepare_linear(list(mods), transpose=transpose, quantize=quantize if quantized else None)
 
         self.layers: list[_Layer] = []
         for layer in core.layers:
@@ -369,39 +237,8 @@ class DecodeLoop:
         w.logits.copy_(self._heads(x))
 
     # ------------------------------------------------------------------------------------------
-    @staticmethod
-    def _guided(logits: torch.Tensor, scale: float) -> torch.Tensor:
-        """(B, K, V) -> (K, V): transformers' ClassifierFreeGuidanceLogitsProcessor for B == 2."""
-        if logits.shape[0] == 1:
-            return logits[0]
-        cond, uncond = logits[0], logits[1]
-        return uncond + (cond - uncond) * scale
-
-    @staticmethod
-    def _pick(scores: torch.Tensor, sp: SamplingConfig, noise: torch.Tensor | None) -> torch.Tensor:
-        """(K, V) guided logits -> (K,) tokens: greedy, or temperature -> top-k -> top-p -> draw."""
-        if sp.greedy:
-            return scores.argmax(dim=-1)
-        if sp.temperature != 1.0:
-            scores = scores / sp.temperature
-        idx = None
-        if sp.top_k > 0:
-            vals, idx = scores.topk(min(sp.top_k, scores.shape[-1]), dim=-1)  # sorted, largest first
-        elif sp.use_top_p:
-            vals, idx = scores.sort(dim=-1, descending=True)
-        else:
-            vals = scores
-        if sp.use_top_p:
-            probs = vals.softmax(dim=-1)
-            before = probs.cumsum(dim=-1) - probs  # mass of the more likely tokens
-            vals = vals.masked_fill(before >= sp.top_p, float("-inf"))
-        choice = (vals.softmax(dim=-1) / noise).argmax(dim=-1)
-        if idx is None:
-            return choice
-        return idx.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
-
     def _sample_eager(self, w: _Window, sp: SamplingConfig, t: int) -> torch.Tensor:
-        tok = self._pick(self._guided(w.logits, sp.cfg), sp, None if w.noise is None else w.noise[t])
+        tok = pick(guided(w.logits, sp.cfg), sp, None if w.noise is None else w.noise[t])
         forced = w.table[t]
         tok = torch.where(forced < 0, tok, forced)
         w.seq[t].copy_(tok)
@@ -411,7 +248,7 @@ class DecodeLoop:
         """Sample the token at w.pos (device tensor) and write it into the sequence."""
         pos = w.pos.view(1)
         noise = None if w.noise is None else w.noise.index_select(0, pos)[0]
-        tok = self._pick(self._guided(w.logits, sp.cfg), sp, noise)
+        tok = pick(guided(w.logits, sp.cfg), sp, noise)
         forced = w.table.index_select(0, pos)[0]
         tok = torch.where(forced < 0, tok, forced)
         w.seq.index_copy_(0, pos, tok.unsqueeze(0))
@@ -458,14 +295,7 @@ class DecodeLoop:
             cross_mask = torch.zeros(keep.shape, device=dev, dtype=dt).masked_fill_(~keep, torch.finfo(dt).min)
             if self._cross_bias:
                 cross_mask = keep
-        noise = None
-        if not sp.greedy:
-            n_cand = min(sp.top_k, self.vocab) if sp.top_k > 0 else self.vocab
-            gen = torch.Generator(device=dev)
-            gen.manual_seed(int(seed))
-            noise = torch.empty((length, self.num_codebooks, n_cand), device=dev, dtype=torch.float32)
-            noise.exponential_(generator=gen)
-            noise.clamp_(min=1e-20)
+        noise = window_noise(sp, seed, length, self.num_codebooks, self.vocab, dev)
         shape = (b, self.heads, length, self.head_dim)
         alloc = torch.zeros if static else torch.empty  # static mode reads masked (finite) positions
         k_cache = [alloc(shape, device=dev, dtype=dt) for _ in self.layers]
@@ -481,13 +311,13 @@ class DecodeLoop:
 
     @torch.inference_mode()
     def generate(self, text_states: torch.Tensor, text_mask: torch.Tensor, prompt: torch.Tensor | None,
-                 n_frames: int, sampling: SamplingConfig, seed: int, progress: Progress | None = None,
+                 n_frames: int, sampling: SamplingConfig, seed: int, on_step: StepCallback | None = None,
                  static: bool | None = None) -> LoopResult:
         """Codes (K, n_frames) of one window; the first m = prompt.shape[-1] frames are the prompt.
 
         text_states: (1, S, D) conditional text-encoder states already projected to the decoder width;
-        text_mask: (1, S); prompt: (K, m) codes or None; progress(done, total) after every step, and
-        progress(0, total) after every prefill layer when there is a prompt (an exception from it stops
+        text_mask: (1, S); prompt: (K, m) codes or None; on_step(done, total) after every step, and
+        on_step(0, total) after every prefill layer when there is a prompt (an exception from it stops
         the loop; every per-window buffer is dropped on the way out)."""
         graph_mode = self.cuda_graph if static is None else (static and self.cuda_graph)
         static = graph_mode or bool(static)
@@ -502,8 +332,8 @@ class DecodeLoop:
                 if graph is None:
                     mode = "static"
             tick = None
-            if progress is not None and s > 1:
-                tick = lambda: progress(0, total)  # noqa: E731
+            if on_step is not None and s > 1:
+                tick = lambda: on_step(0, total)  # noqa: E731
             self._prefill(w, tick)
             if static:
                 w.pos.fill_(s)
@@ -521,8 +351,8 @@ class DecodeLoop:
                         self._sample_static(w, sampling)
                     else:
                         self._sample_eager(w, sampling, t)
-                if progress is not None:
-                    progress(t - s + 1, total)
+                if on_step is not None:
+                    on_step(t - s + 1, total)
             codes = codes_from_sequence(w.seq, n_frames, self.num_codebooks, self.audio_channels).cpu()
             fed = None if prompt is None else self._prompt_fed(w, int(prompt.shape[-1]))
             return LoopResult(codes=codes, prompt=fed, steps=total, prefill_positions=s, mode=mode)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from longsong.payloads import SeamReport
-from longsong.plan import FRAME_RATE, Plan, Segment
+from longsong.frames import FRAME_RATE
+from longsong.plan import Plan, Segment
+from longsong.workflows.messages import SeamReport
 
 LAW_NAME_TOLERANCE_DB = 0.1  # a seam is called "linear"/"equal-power" within this of that law
 

@@ -1,0 +1,1 @@
+"""Audio stages on whole tracks: assemble, loudness, true peak, limiter, mastering, watermark, encode, waveform."""

@@ -1,0 +1,21 @@
+"""Engine `procedural`: an offline arranger and synthesizer that needs no model weights.
+
+Every sample is a pure function of the song parameters, the section timeline and the absolute
+sample index on the song timeline: notes are events on an absolute 4/4 bar grid, drawn from
+RNGs keyed by (song seed, bar, part), rendered whole from their own onset and summed in a fixed
+order. A continuation window therefore re-generates its context region exactly as the previous
+window ended it; a new section only starts at the first bar line of the window's new part.
+
+Modules, from the shared base up to the engine (each imports only those above it):
+  song      `Song`, the sample rate and the step grid every stage shares
+  text      the prompt -> `Song` (genre, mood, instruments, tempo, key) and the section kind
+  harmony   per bar: the section in effect, its arrangement, the chord, the voicing
+  patterns  per bar: the note events of drums, bass, pad, lead, arpeggio, final cadence
+  synth     the sounds: wavetables, timbres, envelopes, the drum kit, the reverb
+  mix       the window's buses, sidechain, reverb send, soft clip and final fade
+  engine    `ProceduralEngine.generate` and its hand-off `State`
+"""
+
+from longsong.engines.procedural.engine import ProceduralEngine
+
+__all__ = ["ProceduralEngine"]

@@ -1,0 +1,139 @@
+"""The one worker factory: the GPU and CPU workers as `worker_gpu.py`/`worker_cpu.py`, the console
+scripts, `longsong dev up`, the tests and the benchmarks start them.
+
+GPU worker: serves `generate_segment` on the GPU task queue; engines load once and stay resident;
+one generation per device at a time by default, as a synchronous activity on its own thread pool
+so heartbeats and cancellation keep flowing while it computes.
+CPU worker: runs the (light, deterministic) song workflow and the finishing activities; it needs no
+GPU extras (nothing here imports torch at module level).
+SIGTERM/SIGINT: graceful shutdown; a running activity gets LONGSONG_SHUTDOWN_GRACE_S seconds to
+finish, else it is handed back for retry. `python -m longsong.worker gpu|cpu` runs one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import AsyncIterator, Literal, NoReturn
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from longsong.activities.errors import worker_identity
+from longsong.process import exit_process
+from longsong.settings import Settings, SettingsError
+from longsong.storage import Storage, StorageError, StorageUnavailable, open_storage
+
+Kind = Literal["gpu", "cpu"]
+HEARTBEAT_THROTTLE = timedelta(seconds=2)  # at most one heartbeat RPC per activity every 2 s
+log = logging.getLogger("longsong.worker")
+
+
+def build_worker(kind: Kind, client: Client, settings: Settings, storage: Storage, registry=None) -> Worker:
+    """A configured, not yet running worker of `kind`; the GPU worker serves `registry`'s engines."""
+    grace = timedelta(seconds=settings.shutdown_grace_s)
+    if kind == "gpu":
+        from longsong.activities.segment import SegmentActivities
+
+        acts = SegmentActivities(registry, storage)
+        return Worker(
+            client,
+            task_queue=settings.gpu_queue,
+            activities=[acts.generate_segment],
+            activity_executor=ThreadPoolExecutor(settings.gpu_concurrency, thread_name_prefix="generate"),
+            max_concurrent_activities=settings.gpu_concurrency,
+            max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+            default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+            graceful_shutdown_timeout=grace,
+            identity=worker_identity() + "-gpu",
+        )
+    from longsong.activities.finish import FinishActivities
+    from longsong.workflows import SongWorkflow
+
+    acts = FinishActivities(storage, settings)
+    return Worker(
+        client,
+        task_queue=settings.cpu_queue,
+        workflows=[SongWorkflow],
+        activities=[acts.finish_song, acts.cleanup_scratch],
+        activity_executor=ThreadPoolExecutor(settings.cpu_concurrency, thread_name_prefix="post"),
+        max_concurrent_activities=settings.cpu_concurrency,
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+        graceful_shutdown_timeout=grace,
+        identity=worker_identity() + "-cpu",
+    )
+
+
+@contextlib.asynccontextmanager
+async def in_process(address: str, settings: Settings, storage: Storage, registry=None) -> AsyncIterator[Client]:
+    """Both workers in this process, as the worker processes configure them (the procedural engine
+    unless `registry` says otherwise); yields their client. For tests, benchmarks, the history recorder."""
+    if registry is None:
+        from longsong.engines.procedural import ProceduralEngine
+        from longsong.engines.registry import EngineRegistry
+
+        registry = EngineRegistry([ProceduralEngine()])
+    client = await Client.connect(address)
+    async with build_worker("gpu", client, settings, storage, registry), build_worker("cpu", client, settings, storage):
+        yield client
+
+
+async def serve(kind: Kind, settings: Settings) -> None:
+    """Prepare what the worker needs (engines or ffmpeg, the store), connect, run until SIGTERM/SIGINT."""
+    from longsong.client import connect
+
+    registry = None
+    if kind == "gpu":
+        from longsong.engines.registry import EngineRegistry
+
+        registry = EngineRegistry.from_settings(settings)
+        serves = "serving " + ", ".join(registry.served())
+    else:
+        from longsong.audio.encode import ffmpeg_exe
+
+        serves = "ffmpeg " + ffmpeg_exe()
+    storage = open_storage(settings=settings)
+    client = await connect(settings=settings)
+    worker = build_worker(kind, client, settings, storage, registry)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    queue = settings.gpu_queue if kind == "gpu" else settings.cpu_queue
+    log.info("%s worker %s on queue %r %s, storage %s", kind.upper(), worker_identity(), queue, serves, storage.url)
+    async with worker:
+        await stop.wait()
+        log.info("shutting down (grace %.0f s)", settings.shutdown_grace_s)
+
+
+def run(kind: Kind) -> NoReturn:
+    """Run one worker process; a known start-up failure is one line on stderr and exit code 2."""
+    from longsong.audio.encode import FfmpegMissing
+    from longsong.engines.base import EngineError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(kind, Settings.from_env()))
+    except (SettingsError, EngineError, FfmpegMissing, StorageError, StorageUnavailable, ConnectionError,
+            ValueError) as e:
+        print(f"worker_{kind}: {e}", file=sys.stderr)
+        exit_process(2)
+    exit_process(0)
+
+
+def main_gpu() -> NoReturn:
+    run("gpu")
+
+
+def main_cpu() -> NoReturn:
+    run("cpu")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] not in (["gpu"], ["cpu"]):
+        sys.exit("usage: python -m longsong.worker gpu|cpu")
+    run(sys.argv[1])  # type: ignore[arg-type]

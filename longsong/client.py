@@ -28,6 +28,7 @@ from temporalio.envconfig import ClientConfig
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from longsong.atomic import replacing
 from longsong.request import SongRequest, validate
 from longsong.settings import Settings
 from longsong.workflows.messages import ENGINE, STAGE, USER, Progress, SongJob, SongResult, Timing
@@ -212,22 +213,21 @@ class LongsongClient:
         storage = None
         for name, key in res.files.items():
             dest = folder / key.rsplit("/", 1)[-1]
-            tmp = dest.with_name(dest.name + ".part")
             url = res.urls.get(name, "")
-            try:
-                if url.startswith("file://"):
-                    shutil.copyfile(unquote(urlparse(url).path), tmp)
-                elif url.startswith(("http://", "https://")):
-                    with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
-                        shutil.copyfileobj(r, f)
-                else:
-                    raise OSError("no link")
-            except OSError:
-                if storage is None:
-                    from longsong.storage import open_storage
+            with replacing(dest) as tmp:
+                try:
+                    if url.startswith("file://"):
+                        shutil.copyfile(unquote(urlparse(url).path), tmp)
+                    elif url.startswith(("http://", "https://")):
+                        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+                            shutil.copyfileobj(r, f)
+                    else:
+                        raise OSError("no link")
+                except OSError:
+                    if storage is None:
+                        from longsong.storage import open_storage
 
-                    storage = open_storage(settings=self.settings)
-                storage.get_file(key, tmp)
-            tmp.replace(dest)
+                        storage = open_storage(settings=self.settings)
+                    storage.get_file(key, tmp)
             paths[name] = dest
         return paths

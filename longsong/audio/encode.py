@@ -11,12 +11,13 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import uuid
 from pathlib import Path
 
 import ffmpeg
 import imageio_ffmpeg
 import numpy as np
+
+from longsong.atomic import replacing
 
 AI_COMMENT = "AI-generated music (longsong)"
 
@@ -146,14 +147,9 @@ def encode(audio: np.ndarray, sr: int, fmt: str, path: str | Path, tags: dict[st
     """Encode float audio (channels, samples) to `path` as wav (24-bit), flac, mp3 (320k CBR)
     or opus (192k, 48 kHz, Ogg), with `tags` as container metadata."""
     audio, options = _prepare(audio, fmt)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    stream = _pcm_input(audio, sr).output(str(tmp), **options, **_metadata_options(fmt, tags))
-    try:
+    with replacing(path) as tmp:
+        stream = _pcm_input(audio, sr).output(str(tmp), **options, **_metadata_options(fmt, tags))
         _run(stream.overwrite_output(), np.ascontiguousarray(audio.T).tobytes())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def encode_and_decode(audio: np.ndarray, sr: int, fmt: str, path: str | Path,
@@ -168,20 +164,15 @@ def encode_and_decode(audio: np.ndarray, sr: int, fmt: str, path: str | Path,
     muxer = {k: v for k, v in options.items() if k in _MUXER_OPTIONS}
     codec = {k: v for k, v in options.items() if k not in _MUXER_OPTIONS}
     spec = ":".join(f"f={muxer['format']}" if k == "format" else f"{k}={v}" for k, v in muxer.items())
-    tmp_name = f".longsong-{uuid.uuid4().hex}.tmp"  # plain name: ffmpeg runs in the target folder
     exe = ffmpeg_exe()
-    encoder = _pcm_input(audio, sr).output(
-        f"[{spec}]{tmp_name}|[f={muxer['format']}]pipe:1", format="tee", map="0:a", **codec,
-        **_metadata_options(fmt, tags)).overwrite_output()
     decoder = ffmpeg.input("pipe:0", format=_DEMUXERS[fmt]).output(
         "pipe:1", format="wav", acodec="pcm_f32le", map_metadata=-1)
-    tmp = path.parent / tmp_name
-    try:
+    with replacing(path) as tmp:  # the tee spec names the file relative to the folder ffmpeg runs in
+        encoder = _pcm_input(audio, sr).output(
+            f"[{spec}]{tmp.name}|[f={muxer['format']}]pipe:1", format="tee", map="0:a", **codec,
+            **_metadata_options(fmt, tags)).overwrite_output()
         decoded = _run_chain([("encoder", encoder.compile(cmd=exe)), ("decoder", decoder.compile(cmd=exe))],
                              np.ascontiguousarray(audio.T).tobytes(), cwd=path.parent)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return _parse_wav_pipe(decoded)
 
 

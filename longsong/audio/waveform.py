@@ -6,11 +6,11 @@ FFT frame per column), so a 4-minute track renders in well under a second.
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
+
+from longsong.atomic import replacing
 
 WIDTH_PX, HEIGHT_PX, DPI = 1400, 520, 100
 N_FFT = 2048
@@ -87,10 +87,5 @@ def render_waveform(audio: np.ndarray, sr: int, path: str | Path, seams_s: list[
         spec_ax.axvline(seam, color="white", linewidth=1.0, linestyle="--")
     fig.subplots_adjust(left=0.04, right=0.995, top=0.93, bottom=0.07, hspace=0.05)
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with replacing(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, pil_kwargs={"compress_level": 1})  # zlib level 6 costs 0.1 s
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

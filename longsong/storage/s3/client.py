@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,6 +23,7 @@ from minio.credentials import IamAwsProvider
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error, ServerError
 
+from longsong.atomic import replacing
 from longsong.settings import MAX_LINK_EXPIRY, Settings
 from longsong.storage.base import ObjectInfo, Storage, StorageError, check_key
 from longsong.storage.s3 import lifecycle
@@ -254,27 +254,25 @@ class S3Storage(Storage):
         dest = Path(path)
 
         def download() -> None:
-            tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
             response = self._client.get_object(self.bucket, name)
             try:
-                sha = hashlib.sha256()
-                n = 0
-                with open(tmp, "wb") as f:
-                    for chunk in response.stream(1 << 20):
-                        sha.update(chunk)
-                        f.write(chunk)
-                        n += len(chunk)
-                want = response.headers.get("x-amz-meta-sha256")
-                length = response.headers.get("content-length")
-                if length is not None and int(length) != n:
-                    raise Corrupted(f"download ended after {n} of {length} bytes")
-                if want and want.lower() != sha.hexdigest():
-                    raise Corrupted(f"downloaded bytes do not match the stored sha256 {want}")
-                os.replace(tmp, dest)
+                with replacing(dest) as tmp:
+                    sha = hashlib.sha256()
+                    n = 0
+                    with open(tmp, "wb") as f:
+                        for chunk in response.stream(1 << 20):
+                            sha.update(chunk)
+                            f.write(chunk)
+                            n += len(chunk)
+                    want = response.headers.get("x-amz-meta-sha256")
+                    length = response.headers.get("content-length")
+                    if length is not None and int(length) != n:
+                        raise Corrupted(f"download ended after {n} of {length} bytes")
+                    if want and want.lower() != sha.hexdigest():
+                        raise Corrupted(f"downloaded bytes do not match the stored sha256 {want}")
             finally:
                 response.close()
                 response.release_conn()
-                tmp.unlink(missing_ok=True)
 
         self._call("download", download, key)
 

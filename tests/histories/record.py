@@ -1,13 +1,16 @@
-"""Record histories of finished songs for the replay test: `python tests/histories/record.py`.
+"""Record histories of finished songs for the replay test: `python tests/histories/record.py TAG`.
 
-Re-record only when a workflow change is meant to be incompatible (and version it with
-`workflow.patched` instead where songs may be in flight).
+Each recording is kept (`{song}.{TAG}.json`, TAG e.g. the date): record before a workflow change, so the
+replay test proves that histories of songs started on the old code still replay (the change goes behind
+`workflow.patched`). Never delete an old recording to make the replay test pass.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from longsong.client import LongsongClient
@@ -28,21 +31,23 @@ SONGS = {
 }
 
 
-async def record(address: str, storage: FileStorage) -> None:
+async def record(address: str, storage: FileStorage, tag: str) -> None:
     settings = Settings(gpu_queue="replay-gpu", cpu_queue="replay-cpu")
     async with in_process(address, settings, storage) as client:
         lc = LongsongClient(client, settings)
         for name, req in SONGS.items():
-            handle = await lc.submit(req)
+            handle = await lc.submit(replace(req, request_id=f"{req.request_id}-{tag}"))
             await lc.result(handle.workflow_id)
             history = await client.get_workflow_handle(handle.workflow_id).fetch_history()
-            (HERE / f"{name}.json").write_text(history.to_json())
+            (HERE / f"{name}.{tag}.json").write_text(history.to_json())
             print("recorded", name)
 
 
 def main() -> None:
+    if len(sys.argv) != 2:
+        sys.exit("usage: python tests/histories/record.py TAG   (e.g. the date: 2026-12-01)")
     with tempfile.TemporaryDirectory() as tmp, dev_server(Path(tmp) / "t.db") as address:
-        asyncio.run(record(address, FileStorage(Path(tmp) / "objects")))
+        asyncio.run(record(address, FileStorage(Path(tmp) / "objects"), sys.argv[1]))
 
 
 if __name__ == "__main__":

@@ -156,6 +156,14 @@ class Settings:
     retry_initial_s: float = _var("LONGSONG_RETRY_INITIAL_S", "1", _number(0.1, 600),
                                   "first retry interval of a failed activity (doubles each attempt)")
     retry_max_s: float = _var("LONGSONG_RETRY_MAX_S", "30", _number(0.1, 3600), "longest retry interval")
+    storage_retry_s: float = _var("LONGSONG_STORAGE_RETRY_S", "300", _number(0, 86400),
+                                  "a storage outage this long is waited out (transient errors retried with backoff, "
+                                  "heartbeating), then the song fails naming the cause")
+    storage_timeout_s: float = _var("LONGSONG_STORAGE_TIMEOUT_S", "20", _number(1, 600),
+                                    "connect/read timeout of one storage request; under LONGSONG_HEARTBEAT_TIMEOUT_S")
+    deployment: str = _var("LONGSONG_DEPLOYMENT", "longsong", _text, "Temporal Worker Deployment name of the workers")
+    build_id: str = _var("LONGSONG_BUILD_ID", "", _text,
+                         "this worker's build id in the deployment (unset: unversioned workers, as on the dev stack)")
     dev_port: int = _var("LONGSONG_DEV_PORT", "7233", _number(1, 65535, integer=True), "dev server port")
     dev_ui_port: int = _var("LONGSONG_DEV_UI_PORT", "8233", _number(1, 65535, integer=True),
                             "dev server Web UI port")
@@ -182,7 +190,12 @@ class Settings:
             raw = env.get(f.metadata["env"], "")
             if raw.strip():
                 values[f.name] = f.metadata["parse"](f.metadata["env"], raw)
-        return replace(cls(**values), **overrides)
+        settings = replace(cls(**values), **overrides)
+        if settings.storage_timeout_s >= settings.heartbeat_timeout_s:
+            raise SettingsError(
+                f"LONGSONG_STORAGE_TIMEOUT_S={settings.storage_timeout_s:g} must be under LONGSONG_HEARTBEAT_TIMEOUT_S="
+                f"{settings.heartbeat_timeout_s:g}: a storage call may not outlast an activity's heartbeat timeout")
+        return settings
 
     @property
     def storage_url(self) -> str:

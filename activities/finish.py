@@ -6,7 +6,6 @@ so a retry overwrites instead of duplicating.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -14,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 from temporalio import activity
+from temporalio.exceptions import CancelledError
 
 from longsong.activities.errors import classified, worker_identity
+from longsong.atomic import temp_dir
 from longsong.audio.assemble import assemble
 from longsong.audio.encode import CONTENT_TYPES, EXTENSIONS, encode, encode_and_decode
 from longsong.audio.mastering import master_track
@@ -77,7 +78,8 @@ class FinishActivities:
         timings: dict[str, float] = {}
         req = job.request
         prefix = track_prefix(req.user_id, req.request_id)
-        with classified(), tempfile.TemporaryDirectory(prefix="longsong-finish-") as tmp:
+        # under the data dir, named for the sweeper: a killed worker's leftovers go at the next worker start
+        with classified(), temp_dir("finish", self.settings.home / "tmp") as tmp:
             t = time.perf_counter()
             records = [SegmentRecord.from_json(self.storage.get_bytes(key)) for key in job.records]
             plan = replace(job.plan, segments=[r.segment for r in records])
@@ -128,11 +130,23 @@ class FinishActivities:
                              report.loudness_lufs, report.true_peak_dbtp, report.limiter_reduction_db, seams,
                              true_peaks)
             timings["wall_s"] = time.perf_counter() - started
+            activity.heartbeat("publishing")
+            if activity.is_cancelled():  # the song was cancelled: never make the folder visible
+                raise CancelledError("finish cancelled before publishing")
             manifest = build_manifest(job, plan, outcomes, facts, files, timings, worker_identity())
             info = self.storage.put_bytes(prefix + COMMIT_MARKER, manifest, "application/json", object_meta)
             files["metadata"] = StoredFile(info.key, info.size, info.sha256, "application/json")
-            urls = {name: self.storage.link(f.key) for name, f in files.items()}
-        return FinishOutcome(prefix, files, facts, timings, worker_identity(), urls)
+        return FinishOutcome(prefix, files, facts, timings, worker_identity())  # keys only, never links
+
+    @activity.defn(name="unpublish_track")
+    def unpublish_track(self, prefix: str) -> int:
+        """Remove a cancelled song's track folder: its commit marker first, so readers stop seeing it at once."""
+        with classified():
+            keys = self.storage.list(prefix)
+            marker = prefix + COMMIT_MARKER
+            if marker in keys:
+                self.storage.delete_prefix(marker)
+            return self.storage.delete_prefix(prefix)
 
     @activity.defn(name="cleanup_scratch")
     def cleanup_scratch(self, request_id: str) -> int:

@@ -9,10 +9,10 @@ from temporalio.exceptions import ApplicationError, CancelledError
 
 from longsong.activities.errors import classified, worker_identity
 from longsong.audio.npy import to_npy_bytes
-from longsong.engines.base import TransientEngineError, WindowRequest
+from longsong.engines.base import EngineError, TransientEngineError, WindowRequest
 from longsong.engines.registry import EngineRegistry
 from longsong.storage import Storage
-from longsong.workflows.messages import SegmentJob, SegmentOutcome, SegmentRecord
+from longsong.workflows.messages import SegmentJob, SegmentOutcome, SegmentRecord, attempt_key
 
 
 class SegmentActivities:
@@ -29,6 +29,10 @@ class SegmentActivities:
         seg = job.segment
         with classified():
             engine = self.registry.get(job.engine, job.model)
+            if job.model_version is not None and engine.version != job.model_version:
+                raise EngineError(
+                    f"model: window {seg.index + 1} of this song must use {engine.model} revision "
+                    f"{job.model_version} like its first window, but this GPU worker serves revision {engine.version}")
             handoff = self.storage.get_bytes(job.handoff_key) if job.handoff_key else None
 
             def on_step(done: int, total: int) -> None:
@@ -45,12 +49,16 @@ class SegmentActivities:
             except TransientEngineError as e:
                 raise ApplicationError(str(e), type="TransientEngineError") from e
             generate_s = time.perf_counter() - t0
-            self.storage.put_bytes(job.audio_key, to_npy_bytes(result.audio))
-            self.storage.put_bytes(job.state_key, result.handoff)
+            keys = [job.audio_key, job.state_key, job.record_key]
+            if job.write_once:
+                keys = [attempt_key(key, info.attempt) for key in keys]
+            audio_key, state_key, record_key = keys
+            self.storage.put_bytes(audio_key, to_npy_bytes(result.audio))
+            self.storage.put_bytes(state_key, result.handoff)
             outcome = SegmentOutcome(
                 index=seg.index,
-                audio_key=job.audio_key,
-                state_key=job.state_key,
+                audio_key=audio_key,
+                state_key=state_key,
                 sample_rate=engine.sample_rate,
                 channels=int(result.audio.shape[0]),
                 n_samples=int(result.audio.shape[1]),
@@ -61,6 +69,7 @@ class SegmentActivities:
                 worker=worker_identity(),
                 attempt=info.attempt,
                 details=result.details,
+                record_key=record_key,
             )
-            self.storage.put_bytes(job.record_key, SegmentRecord(seg, outcome).to_json(), "application/json")
+            self.storage.put_bytes(record_key, SegmentRecord(seg, outcome).to_json(), "application/json")
         return outcome

@@ -1,6 +1,14 @@
 """`longsong` command line: dev stack, generate, status, cancel, list, download, verify.
 
-Exit codes: 0 success, 1 watermark not found, 2 bad input, 3 Temporal unreachable, 4 song failed.
+Exit codes (the same for every command):
+  0    success
+  1    watermark not found (`verify`); also an unexpected error (one line naming it)
+  2    bad input or usage: a request field, an option, a conflicting request_id, a file that is not audio
+  3    a server is unreachable: Temporal, or the object store
+  4    the song failed or was cancelled (`generate --wait`, `status --wait`, `download`), or `cancel` of a
+       song that already completed, failed or was cancelled
+  5    no such song: unknown workflow id (`status`, `cancel`, `download`)
+  130  interrupted (Ctrl-C); a song being waited for keeps running
 Every error is one line on stderr.
 """
 
@@ -11,19 +19,30 @@ import asyncio
 import json
 import sys
 from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 
+from longsong import __version__
 from longsong.process import exit_process
 from longsong.request import FORMATS, InvalidRequest, Section, SongRequest
 from longsong.settings import Settings, SettingsError
 
-EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_FAILED = 2, 3, 4
+EXIT_OK, EXIT_NOT_FOUND_MARK, EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_FAILED, EXIT_NO_SONG = 0, 1, 2, 3, 4, 5
+EXIT_INTERRUPTED = 130
+EXIT_ERROR = 1
 
 
 class CliError(Exception):
     def __init__(self, message: str, code: int = EXIT_BAD_INPUT):
         super().__init__(message)
         self.code = code
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line with a --help hint (exit 2), not argparse's usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"longsong: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def _section(text: str) -> Section:
@@ -34,16 +53,29 @@ def _section(text: str) -> Section:
         raise argparse.ArgumentTypeError(f"expected START:PROMPT (e.g. 30:chorus), got {text!r}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="longsong", description="Full-length AI songs on Temporal.")
-    p.add_argument("--address", help="Temporal address (default: TEMPORAL_ADDRESS / profile / localhost:7233)")
-    p.add_argument("--namespace", help="Temporal namespace (default: TEMPORAL_NAMESPACE or 'default')")
-    sub = p.add_subparsers(dest="command", required=True)
+def _connection_options(p: argparse.ArgumentParser, default) -> None:
+    p.add_argument("--address", default=default,
+                   help="Temporal address (default: TEMPORAL_ADDRESS / profile / localhost:$LONGSONG_DEV_PORT)")
+    p.add_argument("--namespace", default=default, help="Temporal namespace (default: TEMPORAL_NAMESPACE or 'default')")
 
-    dev = sub.add_parser("dev", help="local stack: Temporal dev server + both workers")
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="longsong", description="Full-length AI songs on Temporal.",
+               epilog="exit codes: 0 ok, 1 watermark not found, 2 bad input or usage, 3 server unreachable, "
+                      "4 song failed or cancelled, 5 no such song, 130 interrupted")
+    p.add_argument("--version", action="version", version=f"longsong {__version__}")
+    _connection_options(p, None)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help, description=help)
+        _connection_options(cmd, argparse.SUPPRESS)  # also after the command; unset there keeps the global one
+        return cmd
+
+    dev = command("dev", "local stack: Temporal dev server + both workers")
     dev.add_argument("action", choices=["up", "down", "status"])
 
-    g = sub.add_parser("generate", help="submit a song")
+    g = command("generate", "submit a song")
     g.add_argument("prompt")
     g.add_argument("--duration", type=float, default=180.0, help="seconds, 30-600 (default 180)")
     g.add_argument("--engine", default="procedural", help="procedural or musicgen")
@@ -58,24 +90,29 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--loudness", type=float, default=-14.0, help="target LUFS (default -14)")
     g.add_argument("--true-peak", type=float, default=-1.0, help="ceiling dBTP (default -1)")
     g.add_argument("--user", default="anonymous")
-    g.add_argument("--request-id")
-    g.add_argument("--wait", action="store_true", help="show progress and download when done")
+    g.add_argument("--request-id", help="the song's id: the same request again attaches to it; a different "
+                                        "request under a used id is an error")
+    g.add_argument("--wait", action="store_true", help="show progress and download when done (Ctrl-C detaches)")
     g.add_argument("--output", default="out", help="download folder with --wait (default ./out)")
     g.add_argument("--json", action="store_true")
 
-    s = sub.add_parser("status", help="progress and result of a song")
+    s = command("status", "progress and result of a song")
     s.add_argument("id")
+    s.add_argument("--wait", action="store_true", help="follow the song until it ends (Ctrl-C detaches)")
+    s.add_argument("--links", action="store_true", help="download links of a completed song's files (minted now)")
+    s.add_argument("--expiry", type=float, metavar="SECONDS",
+                   help="lifetime of --links on S3 (default LONGSONG_LINK_EXPIRY, at most 604800 = 7 days)")
     s.add_argument("--json", action="store_true")
-    c = sub.add_parser("cancel", help="cancel a song")
+    c = command("cancel", "cancel a running song")
     c.add_argument("id")
-    ls = sub.add_parser("list", help="recent songs")
+    ls = command("list", "recent songs")
     ls.add_argument("--user")
     ls.add_argument("--limit", type=int, default=20)
     ls.add_argument("--json", action="store_true")
-    d = sub.add_parser("download", help="download a finished song")
+    d = command("download", "download a song's files (waits while it runs)")
     d.add_argument("id")
     d.add_argument("--output", required=True)
-    v = sub.add_parser("verify", help="look for the longsong watermark in an audio file")
+    v = command("verify", "look for the longsong watermark in an audio file")
     v.add_argument("file")
     v.add_argument("--json", action="store_true")
     return p
@@ -96,27 +133,34 @@ def _print_json(obj: object) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
-async def _generate(a: argparse.Namespace, settings: Settings) -> int:
+async def _client(a: argparse.Namespace, settings: Settings):
     from longsong.client import LongsongClient
 
-    req = _request(a)
+    return await LongsongClient.connect(a.address, a.namespace, settings=settings)
+
+
+async def _generate(a: argparse.Namespace, settings: Settings) -> int:
     from longsong.request import validate
 
+    req = _request(a)
     validate(req)  # before connecting: bad input never needs a server
-    lc = await LongsongClient.connect(a.address, a.namespace, settings=settings)
+    lc = await _client(a, settings)
     handle = await lc.submit(req)
+    a.song_id = handle.workflow_id  # from here on Ctrl-C detaches
     if not a.json:
-        verb = "attached to existing" if handle.attached else "submitted"
+        verb = f"attached to existing ({handle.status})" if handle.attached else "submitted"
         print(f"{verb} song {handle.workflow_id}\nWeb UI: {handle.ui_url}", file=sys.stderr)
     if not a.wait:
         if a.json:
-            _print_json({"workflow_id": handle.workflow_id, "status": "running", "ui_url": handle.ui_url})
-        return 0
+            _print_json({"workflow_id": handle.workflow_id, "status": handle.status, "attached": handle.attached,
+                         "ui_url": handle.ui_url})
+        return EXIT_OK
     result = await _wait_with_bar(lc, handle.workflow_id, quiet=a.json)
     files = await lc.download(handle.workflow_id, a.output)
     summary = {
         "workflow_id": handle.workflow_id,
         "status": result.status,
+        "attached": handle.attached,
         "duration_s": result.duration_s,
         "seed": result.seed,
         "engine": result.engine,
@@ -135,86 +179,145 @@ async def _generate(a: argparse.Namespace, settings: Settings) -> int:
               f"{result.true_peak_dbtp:.1f} dBTP, engine {result.engine} ({result.model}), seed {result.seed}")
         for name, path in summary["files"].items():
             print(f"  {name:9s} {path}")
-    return 0
+    return EXIT_OK
+
+
+def activity_line(p) -> str:
+    """`retrying window 3: attempt 2 of 5, last failure: ..., last heartbeat 12 s ago`; "" when all is well."""
+    if not (p.retrying or p.stalled):
+        return ""
+    what = {"generate_segment": f"window {p.window}", "finish_song": "finishing",
+            "cleanup_scratch": "cleanup"}.get(p.activity or "", p.activity or "activity")
+    if p.activity == "generate_segment" and p.window is None:
+        what = "window"
+    parts = [f"attempt {p.attempt} of {p.max_attempts}" if p.max_attempts else f"attempt {p.attempt}"]
+    if p.last_failure:
+        parts.append(f"last failure: {p.last_failure}")
+    if p.heartbeat_age_s is not None:
+        parts.append(f"last heartbeat {p.heartbeat_age_s:.0f} s ago")
+    if p.retrying:
+        return f"retrying {what}: " + ", ".join(parts)
+    return f"{what} silent: " + ", ".join(parts) + " (retried once its heartbeat timeout passes)"
 
 
 async def _wait_with_bar(lc, workflow_id: str, quiet: bool):
+    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     if quiet:
         return await lc.wait(workflow_id)
     columns = [TextColumn("{task.description:<11}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-               TextColumn("segments {task.fields[seg]}"), TextColumn("ETA {task.fields[eta]}"), TimeElapsedColumn()]
-    with Progress(*columns, transient=False) as bar:
-        task = bar.add_task("queued", total=100, seg="0/?", eta="?")
+               TextColumn("segments {task.fields[seg]}"), TextColumn("ETA {task.fields[eta]}"), TimeElapsedColumn(),
+               TextColumn("{task.fields[note]}")]
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task("queued", total=100, seg="0/?", eta="?", note="")
 
         def update(p) -> None:
             eta = f"{p.eta_s:.0f}s" if p.eta_s is not None else "?"
-            bar.update(task, description=p.stage, completed=p.percent, seg=f"{p.segments_done}/{p.segments_total}",
-                       eta=eta)
+            stage = "retrying" if p.retrying else p.stage
+            bar.update(task, description=stage, completed=p.percent, seg=f"{p.segments_done}/{p.segments_total}",
+                       eta=eta, note=activity_line(p))
 
         result = await lc.wait(workflow_id, on_progress=update)
-        bar.update(task, description="done", completed=100, eta="0s")
+        bar.update(task, description="done", completed=100, eta="0s", note="")
     return result
 
 
 async def _status(a: argparse.Namespace, settings: Settings) -> int:
-    from longsong.client import LongsongClient
+    from longsong.client import SongFailed, check_expiry
 
-    lc = await LongsongClient.connect(a.address, a.namespace, settings=settings)
+    expiry = None
+    if a.expiry is not None:
+        try:
+            expiry = check_expiry(timedelta(seconds=a.expiry))
+        except (OverflowError, ValueError):  # inf, nan
+            raise InvalidRequest("expiry", f"must be between 1 second and 7 days, got {a.expiry:g} s") from None
+    lc = await _client(a, settings)
     status = await lc.status(a.id)
+    code = EXIT_OK
+    if a.wait and status == "running":
+        a.song_id = a.id
+        try:
+            await _wait_with_bar(lc, a.id, quiet=a.json)
+        except SongFailed:
+            pass  # reported below
+        status = await lc.status(a.id)
     p = await lc.progress(a.id)
     out = {"workflow_id": a.id, "status": status, **asdict(p)}
     if status == "completed":
         out["result"] = asdict(await lc.result(a.id))
+    elif status != "running":
+        try:
+            await lc.result(a.id)
+        except SongFailed as e:
+            out["failure"] = str(e)
+        if a.wait:
+            code = EXIT_FAILED
+    if a.links:
+        out["links"] = await lc.links(a.id, expiry) if status == "completed" else {}
     if a.json:
         _print_json(out)
     else:
         eta = f", ETA {p.eta_s:.0f} s" if p.eta_s else ""
+        note = activity_line(p)
         print(f"{a.id}: {status}, stage {p.stage}, segments {p.segments_done}/{p.segments_total}, "
-              f"{p.percent}%, elapsed {p.elapsed_s:.0f} s{eta}")
-    return 0
+              f"{p.percent}%, elapsed {p.elapsed_s:.0f} s{eta}" + (f"; {note}" if note else ""))
+        for name, link in out.get("links", {}).items():
+            print(f"  {name:9s} {link}")
+        if a.links and status != "completed":
+            print(f"  (no links: the song is {status})")
+    if code == EXIT_FAILED:
+        _fail(out.get("failure") or f"song {a.id} {status}", code)
+    return code
 
 
 async def _cancel(a: argparse.Namespace, settings: Settings) -> int:
-    from longsong.client import LongsongClient
-
-    lc = await LongsongClient.connect(a.address, a.namespace, settings=settings)
+    lc = await _client(a, settings)
     await lc.cancel(a.id)
     print(f"cancellation requested for {a.id}")
-    return 0
+    return EXIT_OK
 
 
 async def _list(a: argparse.Namespace, settings: Settings) -> int:
-    from longsong.client import LongsongClient
+    from longsong.client import check_user_id
 
-    lc = await LongsongClient.connect(a.address, a.namespace, settings=settings)
+    if a.user is not None:
+        check_user_id(a.user)  # before connecting, like a request
+    lc = await _client(a, settings)
     songs = await lc.list(user_id=a.user, limit=a.limit)
     if a.json:
         _print_json([asdict(s) for s in songs])
-        return 0
+        return EXIT_OK
     for s in songs:
         started = s.started_at.strftime("%Y-%m-%d %H:%M") if s.started_at else "?"
         print(f"{s.workflow_id:34s} {s.status:10s} {s.stage:10s} {started} {s.user_id:12s} {s.prompt[:40]}")
-    return 0
+    return EXIT_OK
 
 
 async def _download(a: argparse.Namespace, settings: Settings) -> int:
-    from longsong.client import LongsongClient
-
-    lc = await LongsongClient.connect(a.address, a.namespace, settings=settings)
+    lc = await _client(a, settings)
+    await lc.status(a.id)  # an unknown id fails now instead of waiting
+    a.song_id = a.id
     for name, path in (await lc.download(a.id, a.output)).items():
         print(f"{name:9s} {path}")
-    return 0
+    return EXIT_OK
 
 
 def _verify(a: argparse.Namespace, settings: Settings) -> int:
-    from longsong.audio.encode import decode
+    from longsong.audio.encode import FfmpegError, decode
     from longsong.audio.watermark import detect
 
-    if not Path(a.file).is_file():
+    path = Path(a.file)
+    if path.is_dir():
+        raise CliError(f"file: {a.file} is a directory, not an audio file")
+    if not path.is_file():
         raise CliError(f"file: {a.file} does not exist")
-    audio, sr = decode(a.file)
+    try:
+        audio, sr = decode(a.file)
+    except FfmpegError as e:
+        raise CliError(f"file: {a.file} is not audio ffmpeg can decode ({str(e).splitlines()[0]})") from None
+    if audio.size == 0:
+        raise CliError(f"file: {a.file} holds no audio samples")
     d = detect(audio, sr, settings.watermark_secret)
     if a.json:
         _print_json({"file": a.file, "found": d.found, "watermark_id": d.track_id, "confidence": d.confidence})
@@ -222,7 +325,7 @@ def _verify(a: argparse.Namespace, settings: Settings) -> int:
         print(f"found: watermark id {d.track_id} (0x{d.track_id:08x}), confidence {d.confidence:.2f}")
     else:
         print(f"not found (confidence {d.confidence:.2f})")
-    return 0 if d.found else 1
+    return EXIT_OK if d.found else EXIT_NOT_FOUND_MARK
 
 
 def _dev(a: argparse.Namespace, settings: Settings) -> int:
@@ -238,20 +341,25 @@ def _dev(a: argparse.Namespace, settings: Settings) -> int:
     for svc in devstack.services(settings) if a.action != "down" else []:
         state = f"running (pid {svc.pid})" if svc.alive else "stopped"
         print(f"  {svc.name:11s} {state:22s} log {svc.log}")
-    return 0
+    return EXIT_OK
 
 
 COMMANDS = {"generate": _generate, "status": _status, "cancel": _cancel, "list": _list, "download": _download}
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    exit_process(run(args))
+    try:
+        args = build_parser().parse_args(argv)
+        code = run(args)
+    except KeyboardInterrupt:
+        code = _fail("interrupted", EXIT_INTERRUPTED)
+    exit_process(code)
 
 
 def run(args: argparse.Namespace) -> int:
+    from longsong.client import RequestConflict, SongClosed, SongFailed, SongNotFinished, SongNotFound
     from longsong.devstack import DevStackError
-    from longsong.storage import StorageError
+    from longsong.storage import StorageError, StorageUnavailable
 
     try:
         settings = Settings.from_env()
@@ -260,21 +368,29 @@ def run(args: argparse.Namespace) -> int:
         if args.command == "verify":
             return _verify(args, settings)
         return asyncio.run(COMMANDS[args.command](args, settings))
-    except (InvalidRequest, CliError, SettingsError) as e:
+    except KeyboardInterrupt:
+        song = getattr(args, "song_id", None)
+        if song is None:
+            return _fail("interrupted", EXIT_INTERRUPTED)
+        print(f"detached; the song keeps running: longsong status {song} --wait", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (RequestConflict, InvalidRequest, CliError, SettingsError) as e:
         return _fail(str(e), getattr(e, "code", EXIT_BAD_INPUT))
-    except ConnectionError as e:
+    except SongNotFound as e:
+        return _fail(str(e), EXIT_NO_SONG)
+    except (SongFailed, SongClosed, SongNotFinished) as e:
+        return _fail(str(e), EXIT_FAILED)
+    except (ConnectionError, StorageUnavailable) as e:
         return _fail(str(e), EXIT_UNREACHABLE)
     except (DevStackError, StorageError) as e:
         return _fail(str(e), EXIT_BAD_INPUT)
-    except Exception as e:  # song failures, missing workflows, ffmpeg problems: one line, not a traceback
-        from longsong.client import SongFailed
-
-        code = EXIT_FAILED if isinstance(e, SongFailed) else 1
-        return _fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": "), code)
+    except Exception as e:  # anything else (ffmpeg problems, server errors): one line, not a traceback
+        text = " ".join(str(e).split())
+        return _fail(f"{type(e).__name__}: {text}" if text else type(e).__name__, EXIT_ERROR)
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"longsong: error: {message}", file=sys.stderr)
+    print(f"longsong: error: {' '.join(message.split())}", file=sys.stderr)
     return code
 
 

@@ -3,21 +3,25 @@
 Connection settings come from `temporalio.envconfig` (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE,
 TEMPORAL_API_KEY, TLS variables, the profile file), so the same code talks to the dev
 server, a self-hosted cluster or Temporal Cloud.
+
+Results carry object keys only: download links (presigned on S3) are bearer credentials, so they are
+minted on request by `links()` and never stored in workflow history.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import urllib.request
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Awaitable, Callable
-from urllib.parse import unquote, urlparse
+from typing import Awaitable, Callable, Iterator
 
-from temporalio.api.enums.v1 import WorkflowExecutionStatus
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import PendingActivityState, WorkflowExecutionStatus
+from temporalio.api.workflow.v1 import PendingActivityInfo
+from temporalio.api.workflowservice.v1 import GetWorkflowExecutionHistoryRequest
+from temporalio.client import Client, WorkflowExecutionDescription, WorkflowFailureError, WorkflowHandle
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -29,14 +33,41 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from longsong.atomic import replacing
-from longsong.request import SongRequest, validate
-from longsong.settings import Settings
+from longsong.request import ID_PATTERN, InvalidRequest, SongRequest, validate
+from longsong.settings import MAX_LINK_EXPIRY, Settings
 from longsong.workflows.messages import ENGINE, STAGE, USER, Progress, SongJob, SongResult, Timing
 from longsong.workflows.song import SongWorkflow
+
+CLOSED_STAGES = ("done", "failed", "cancelled")
+# A running activity silent this long shows as stalled (no ETA): heartbeats reach the server at least every
+# 2 s while an engine steps (longsong.worker.HEARTBEAT_THROTTLE).
+STALE_HEARTBEAT_S = 10.0
 
 
 class SongFailed(RuntimeError):
     """The song's workflow failed, was cancelled or timed out; the message is the root cause."""
+
+
+class SongNotFound(LookupError):
+    """No song (workflow) with this id in the namespace."""
+
+
+class SongClosed(RuntimeError):
+    """The song already completed, failed or was cancelled (e.g. nothing left to cancel)."""
+
+
+class SongNotFinished(RuntimeError):
+    """The song is still running: it has no files yet."""
+
+
+class RequestConflict(InvalidRequest):
+    """The request_id already names a song made from a different request; `differs` lists the fields."""
+
+    def __init__(self, request_id: str, differs: list[str]):
+        super().__init__("request_id", "")
+        self.differs = differs
+        ValueError.__init__(self, f"request_id {request_id} already names a different song "
+                                  f"(differs in: {', '.join(differs)}); use another request_id")
 
 
 @dataclass
@@ -44,7 +75,8 @@ class SongHandle:
     workflow_id: str
     run_id: str | None
     ui_url: str
-    attached: bool  # True when the request_id already existed and we attached to that run
+    attached: bool  # True when the request_id already existed (same request) and we attached to that run
+    status: str = "running"  # the run's status: running, completed, failed, canceled, terminated, timed_out
 
 
 @dataclass
@@ -84,18 +116,73 @@ def _status_name(status: WorkflowExecutionStatus.ValueType | None) -> str:
     return WorkflowExecutionStatus.Name(status).removeprefix("WORKFLOW_EXECUTION_STATUS_").lower()
 
 
+def _one_line(text: str, limit: int = 200) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def _root_cause(err: BaseException) -> str:
     while err.__cause__ is not None:
         err = err.__cause__
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
+    return _one_line(str(err)) if str(err) else type(err).__name__
+
+
+def check_user_id(user_id: object) -> str:
+    """The request's id rule, matched as a whole string: the only text that goes into a visibility query."""
+    if not isinstance(user_id, str) or not ID_PATTERN.fullmatch(user_id):
+        raise InvalidRequest("user_id", f"must match [A-Za-z0-9_-]{{1,64}}, got {user_id!r}")
+    return user_id
+
+
+def check_expiry(expiry: object) -> timedelta:
+    """A link lifetime: 1 second to 7 days (the longest a SigV4 presigned link can last)."""
+    if not isinstance(expiry, timedelta):
+        raise InvalidRequest("expiry", f"must be a timedelta between 1 second and 7 days, got {expiry!r}")
+    if not timedelta(seconds=1) <= expiry <= MAX_LINK_EXPIRY:
+        raise InvalidRequest("expiry", f"must be between 1 second and 7 days (604800 s, the longest a presigned "
+                                       f"S3 link lasts), got {expiry.total_seconds():g} s")
+    return expiry
+
+
+def _request_differences(wanted: SongRequest, existing: SongRequest) -> list[str]:
+    try:  # compare like with like: the workflow input holds the validated request
+        existing = validate(existing)
+    except InvalidRequest:
+        pass
+    return [f.name for f in fields(SongRequest) if getattr(wanted, f.name) != getattr(existing, f.name)]
+
+
+def _ts(stamp) -> datetime | None:
+    return stamp.ToDatetime(tzinfo=timezone.utc) if stamp.seconds or stamp.nanos else None
+
+
+def merge_pending(p: Progress, pending: PendingActivityInfo, now: datetime) -> Progress:
+    """Add the running activity's attempt, last failure and heartbeat age to `p`; a retried or silent
+    activity makes the ETA unknown (the window timings it is computed from no longer hold)."""
+    p.activity = pending.activity_type.name
+    p.attempt = pending.attempt or 1
+    p.max_attempts = pending.maximum_attempts or None
+    p.last_failure = _one_line(pending.last_failure.message) if pending.HasField("last_failure") else None
+    if p.activity == "generate_segment":
+        p.window = p.segments_done + 1  # windows run one after another
+    if pending.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED:
+        seen = [t for t in (_ts(pending.last_heartbeat_time), _ts(pending.last_started_time)) if t is not None]
+        if seen:
+            p.heartbeat_age_s = max(0.0, (now - max(seen)).total_seconds())
+    p.retrying = p.attempt > 1 or p.last_failure is not None
+    p.stalled = p.heartbeat_age_s is not None and p.heartbeat_age_s > STALE_HEARTBEAT_S
+    if p.retrying or p.stalled:
+        p.eta_s = None
+    return p
 
 
 class LongsongClient:
-    """Songs on one Temporal namespace; `settings` give the task queues and activity timing."""
+    """Songs on one Temporal namespace; `settings` give the task queues, activity timing and the store."""
 
     def __init__(self, client: Client, settings: Settings | None = None):
         self.client = client
         self.settings = settings or Settings.from_env()
+        self._storage = None
 
     @classmethod
     async def connect(cls, address: str | None = None, namespace: str | None = None,
@@ -109,57 +196,110 @@ class LongsongClient:
     def _handle(self, workflow_id: str) -> WorkflowHandle:
         return self.client.get_workflow_handle_for(SongWorkflow.run, workflow_id)
 
+    @contextlib.contextmanager
+    def _rpc(self, workflow_id: str) -> Iterator[None]:
+        """Server answers as this module's errors: an unknown id is SongNotFound, a lost server ConnectionError."""
+        try:
+            yield
+        except RPCError as e:
+            if e.status == RPCStatusCode.NOT_FOUND:
+                raise SongNotFound(f"no song {workflow_id} in namespace {self.client.namespace}") from None
+            if e.status == RPCStatusCode.UNAVAILABLE:
+                raise ConnectionError(f"lost the Temporal server at {self.client.service_client.config.target_host}: "
+                                      f"{_one_line(e.message)}") from None
+            raise
+
+    async def _describe(self, workflow_id: str) -> WorkflowExecutionDescription:
+        with self._rpc(workflow_id):
+            return await self._handle(workflow_id).describe()
+
+    async def _started_request(self, workflow_id: str, run_id: str) -> SongRequest:
+        """The request a run was started with: its first history event's input, decoded as SongJob."""
+        with self._rpc(workflow_id):
+            page = await self.client.workflow_service.get_workflow_execution_history(
+                GetWorkflowExecutionHistoryRequest(
+                    namespace=self.client.namespace, maximum_page_size=1,
+                    execution=WorkflowExecution(workflow_id=workflow_id, run_id=run_id)))
+        started = page.history.events[0].workflow_execution_started_event_attributes
+        [job] = await self.client.data_converter.decode(started.input.payloads, [SongJob])
+        return job.request
+
+    async def _attach(self, req: SongRequest, link: str) -> SongHandle | None:
+        """The existing song of req.request_id when it was made from the same request; None when there is none."""
+        try:
+            desc = await self._describe(req.request_id)
+        except SongNotFound:
+            return None
+        if desc.workflow_type != "SongWorkflow":
+            raise InvalidRequest("request_id", f"{req.request_id} already names a {desc.workflow_type} workflow, "
+                                               f"not a song; use another request_id")
+        differs = _request_differences(req, await self._started_request(req.request_id, desc.run_id))
+        if differs:
+            raise RequestConflict(req.request_id, differs)
+        return SongHandle(req.request_id, desc.run_id, link, True, _status_name(desc.raw_description.workflow_execution_info.status))
+
     async def submit(self, request: SongRequest) -> SongHandle:
-        """Validate (nothing starts on bad input), then start; an existing request_id is attached to."""
+        """Validate (nothing starts on bad input), then start. An existing request_id is attached to when it
+        was submitted with the same request (`attached`, and that song's real `status`); with a different
+        request it is a RequestConflict naming the fields that differ."""
         req = validate(request)
         link = self.ui_link(req.request_id)
-        try:
-            desc = await self._handle(req.request_id).describe()
-            return SongHandle(req.request_id, desc.run_id, link, True)
-        except RPCError as e:
-            if e.status != RPCStatusCode.NOT_FOUND:
-                raise
+        existing = await self._attach(req, link)
+        if existing is not None:
+            return existing
         summary = f"{req.prompt[:60]} · {req.duration_s:g} s · {req.engine}"
         try:
-            handle = await self.client.start_workflow(
-                SongWorkflow.run,
-                SongJob(req, self.settings.gpu_queue, self.settings.cpu_queue, Timing.of(self.settings)),
-                id=req.request_id,
-                task_queue=self.settings.cpu_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                execution_timeout=timedelta(hours=12),
-                memo={"prompt": req.prompt, "duration_s": req.duration_s},
-                search_attributes=TypedSearchAttributes([
-                    SearchAttributePair(USER, req.user_id), SearchAttributePair(ENGINE, req.engine),
-                    SearchAttributePair(STAGE, "queued"),
-                ]),
-                static_summary=summary,
-                static_details=f"**Prompt:** {req.prompt}\n\n**Duration:** {req.duration_s:g} s  \n"
-                               f"**Engine:** {req.engine} {req.model or ''}  \n**User:** {req.user_id}",
-            )
+            with self._rpc(req.request_id):
+                handle = await self.client.start_workflow(
+                    SongWorkflow.run,
+                    SongJob(req, self.settings.gpu_queue, self.settings.cpu_queue, Timing.of(self.settings)),
+                    id=req.request_id,
+                    task_queue=self.settings.cpu_queue,
+                    id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    execution_timeout=timedelta(hours=12),
+                    memo={"prompt": req.prompt, "duration_s": req.duration_s},
+                    search_attributes=TypedSearchAttributes([
+                        SearchAttributePair(USER, req.user_id), SearchAttributePair(ENGINE, req.engine),
+                        SearchAttributePair(STAGE, "queued"),
+                    ]),
+                    static_summary=summary,
+                    static_details=f"**Prompt:** {req.prompt}\n\n**Duration:** {req.duration_s:g} s  \n"
+                                   f"**Engine:** {req.engine} {req.model or ''}  \n**User:** {req.user_id}",
+                )
         except WorkflowAlreadyStartedError:  # raced with another submit of the same request_id
-            return SongHandle(req.request_id, None, link, True)
-        return SongHandle(handle.id, handle.result_run_id, link, False)
+            existing = await self._attach(req, link)
+            if existing is None:
+                raise
+            return existing
+        return SongHandle(handle.id, handle.result_run_id, link, False, "running")
 
     async def progress(self, workflow_id: str) -> Progress:
-        p: Progress = await self._handle(workflow_id).query(SongWorkflow.progress)
-        if p.stage in ("done", "failed", "cancelled"):
+        """The workflow's progress aged to this clock, with the running activity's attempt, last failure and
+        heartbeat age merged in (`retrying`/`stalled`: no ETA)."""
+        handle = self._handle(workflow_id)
+        with self._rpc(workflow_id):
+            p, desc = await asyncio.gather(handle.query(SongWorkflow.progress), handle.describe())
+        if p.stage in CLOSED_STAGES:
             return p
-        aged = (datetime.now(timezone.utc) - datetime.fromisoformat(p.updated_at)).total_seconds()
-        aged = max(0.0, aged)
+        now = datetime.now(timezone.utc)
+        aged = max(0.0, (now - datetime.fromisoformat(p.updated_at)).total_seconds())
         p.elapsed_s += aged
         if p.eta_s is not None:
             p.eta_s = max(0.0, p.eta_s - aged)
+        pending = list(desc.raw_description.pending_activities)
+        if pending:
+            merge_pending(p, max(pending, key=lambda a: a.attempt), now)
         return p
 
     async def status(self, workflow_id: str) -> str:
-        desc = await self._handle(workflow_id).describe()
+        desc = await self._describe(workflow_id)
         return _status_name(desc.raw_description.workflow_execution_info.status)
 
     async def result(self, workflow_id: str) -> SongResult:
         try:
-            return await self._handle(workflow_id).result()
+            with self._rpc(workflow_id):
+                return await self._handle(workflow_id).result()
         except WorkflowFailureError as e:
             raise SongFailed(f"song {workflow_id} did not complete: {_root_cause(e)}") from None
 
@@ -182,12 +322,23 @@ class LongsongClient:
             result.cancel()
 
     async def cancel(self, workflow_id: str) -> None:
-        await self._handle(workflow_id).cancel()
+        """Ask a running song to stop; SongClosed when it already completed, failed or was cancelled."""
+        status = await self.status(workflow_id)
+        if status == "running":
+            try:
+                with self._rpc(workflow_id):
+                    await self._handle(workflow_id).cancel()
+                return
+            except SongNotFound:  # closed between the two calls
+                status = await self.status(workflow_id)
+        raise SongClosed(f"song {workflow_id} already {status}: nothing to cancel")
 
     async def list(self, user_id: str | None = None, limit: int = 20) -> list[SongSummary]:
+        """Recent songs, of one user when `user_id` is given (checked against the id rule: it goes into the
+        visibility query, quoted)."""
         query = "WorkflowType = 'SongWorkflow'"
-        if user_id:
-            query += f" AND LongsongUserId = '{user_id}'"
+        if user_id is not None:
+            query += f" AND {USER.name} = '{check_user_id(user_id)}'"
         out: list[SongSummary] = []
         async for wf in self.client.list_workflows(query, limit=limit):
             sa = wf.typed_search_attributes
@@ -204,30 +355,49 @@ class LongsongClient:
             ))
         return out
 
-    async def download(self, workflow_id: str, directory: str | Path) -> dict[str, Path]:
-        """Fetch the track files, metadata and waveform into `directory`: by link, else from the store."""
-        res = await self.result(workflow_id)
-        folder = Path(directory)
-        folder.mkdir(parents=True, exist_ok=True)
-        paths: dict[str, Path] = {}
-        storage = None
-        for name, key in res.files.items():
-            dest = folder / key.rsplit("/", 1)[-1]
-            url = res.urls.get(name, "")
-            with replacing(dest) as tmp:
-                try:
-                    if url.startswith("file://"):
-                        shutil.copyfile(unquote(urlparse(url).path), tmp)
-                    elif url.startswith(("http://", "https://")):
-                        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
-                            shutil.copyfileobj(r, f)
-                    else:
-                        raise OSError("no link")
-                except OSError:
-                    if storage is None:
-                        from longsong.storage import open_storage
+    async def storage(self):
+        """The object store of this client's settings (LONGSONG_STORAGE), opened once."""
+        if self._storage is None:
+            from longsong.storage import open_storage
 
-                        storage = open_storage(settings=self.settings)
-                    storage.get_file(key, tmp)
-            paths[name] = dest
-        return paths
+            self._storage = await asyncio.to_thread(open_storage, settings=self.settings)
+        return self._storage
+
+    async def _finished(self, workflow_id: str) -> SongResult:
+        status = await self.status(workflow_id)
+        if status == "running":
+            raise SongNotFinished(f"song {workflow_id} is still running: its files exist once it completes")
+        return await self.result(workflow_id)
+
+    async def links(self, workflow_id: str, expiry: timedelta | None = None) -> dict[str, str]:
+        """Download links of a completed song's files (name -> link), minted now: presigned for `expiry`
+        (default LONGSONG_LINK_EXPIRY, at most 7 days) on S3, file:// on local disk."""
+        expiry = self.settings.link_expiry if expiry is None else check_expiry(expiry)
+        res = await self._finished(workflow_id)
+        storage = await self.storage()
+        return await asyncio.to_thread(lambda: {name: storage.link(key, expiry) for name, key in res.files.items()})
+
+    async def download(self, workflow_id: str, directory: str | Path) -> dict[str, Path]:
+        """Wait for the song, then copy its track files, metadata and waveform from the store (by key) into
+        `directory`."""
+        from longsong.storage import StorageError
+
+        res = await self.result(workflow_id)
+        storage = await self.storage()
+        folder = Path(directory)
+
+        def fetch() -> dict[str, Path]:
+            folder.mkdir(parents=True, exist_ok=True)
+            paths: dict[str, Path] = {}
+            for name, key in res.files.items():
+                dest = folder / key.rsplit("/", 1)[-1]
+                with replacing(dest) as tmp:
+                    try:
+                        storage.get_file(key, tmp)
+                    except FileNotFoundError:
+                        raise StorageError(f"song {workflow_id}: {key} is not in {storage.url} (LONGSONG_STORAGE "
+                                           f"must name the store the workers write to)") from None
+                paths[name] = dest
+            return paths
+
+        return await asyncio.to_thread(fetch)

@@ -53,6 +53,8 @@ def build_manifest(job: FinishJob, plan: Plan, outcomes: list[SegmentOutcome], m
                     "generate_s": round(o.generate_s, 3),
                     "attempt": o.attempt,
                     "worker": o.worker,
+                    "model": o.model,
+                    "model_version": o.model_version,
                 }
                 for s, o in zip(plan.segments, outcomes)
             ],

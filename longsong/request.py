@@ -8,16 +8,27 @@ started on bad input) and inside the workflow (a non-retryable failure).
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from dataclasses import dataclass, field, replace
 
 from longsong.engines import ENGINE_NAMES
 
+# Revision 2 (a patched workflow; revision 1 is kept for histories that replay through it): ids match
+# as a whole string, texts reject control characters, ANSI escapes, lone surrogates and invisible-only
+# values, and wrong types (key, sections) name the field instead of raising AttributeError/TypeError.
+VALIDATION_REVISION = 2
+
 FORMATS = ("wav", "flac", "mp3", "opus")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 KEY_PATTERN = re.compile(r"^([A-Ga-g])([#b]?)\s*(major|minor|maj|min|m)?$", re.IGNORECASE)
+KEY_RULE = "must be a note A-G with optional # or b and 'major' or 'minor' (e.g. 'A minor', 'F# major')"
+# C0, DEL, C1 controls and lone surrogates; prompts may hold tab and newline.
+BAD_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+BAD_CHARS_MULTILINE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 MAX_SEGMENT_S = 30.0
 MIN_SEGMENT_S = 10.0
+SECTION_KEYS = {"start_s", "prompt"}
 MAX_SECTIONS = 32  # keeps the request (up to 32 x 500-character texts) well under a 64 KB payload
 
 
@@ -26,7 +37,7 @@ class InvalidRequest(ValueError):
 
     def __init__(self, field_name: str, problem: str):
         self.field = field_name
-        super().__init__(f"{field_name}: {problem}")
+        super().__init__(f"{field_name}: " + "\\n".join(problem.splitlines()))  # always one line
 
 
 @dataclass
@@ -77,23 +88,47 @@ class SongRequest:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
+def _bound(x: float) -> str:
+    """Bounds as written: 9223372036854775807 and 25, not 9.22337e+18 and 25.0."""
+    return str(int(x)) if isinstance(x, int) or x.is_integer() else repr(x)
+
+
 def _number(name: str, value: object, lo: float, hi: float, *, integer: bool = False,
             lo_open: bool = False) -> None:
-    kind = "an integer" if integer else "a number"
-    bounds = f"{'>' if lo_open else '>='} {lo:g} and <= {hi:g}"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
         integer and not isinstance(value, int)
-    ):
-        raise InvalidRequest(name, f"must be {kind} {bounds}, got {value!r}")
-    if value != value or value > hi or value < lo or (lo_open and value == lo):
-        raise InvalidRequest(name, f"must be {bounds}, got {value!r}")
+    ) or value != value or value > hi or value < lo or (lo_open and value == lo):
+        raise InvalidRequest(name, f"must be {'an integer' if integer else 'a number'} "
+                             f"{'>' if lo_open else '>='} {_bound(lo)} and <= {_bound(hi)}, got {value!r}")
 
 
-def _text(name: str, value: object, max_len: int, *, required: bool) -> str | None:
+def _characters(name: str, value: str, max_len: int, multiline: bool) -> None:
+    """Revision 2: no control characters, ANSI escapes or lone surrogates; not only invisible characters."""
+    allowed = "tab and newline are allowed" if multiline else "only printable characters, no tab or newline"
+    bad = (BAD_CHARS_MULTILINE if multiline else BAD_CHARS).search(value)
+    if bad:
+        i, c = bad.start(), bad.group()
+        if value.startswith("\x1b[", i):
+            raise InvalidRequest(name, f"must not contain ANSI escape sequences (ESC[ at position {i}) or "
+                                 f"other control characters; {allowed}")
+        if "\ud800" <= c <= "\udfff":
+            raise InvalidRequest(name, f"must be valid Unicode text, got a lone surrogate (U+{ord(c):04X} "
+                                 f"at position {i})")
+        raise InvalidRequest(name, f"must not contain control characters (U+{ord(c):04X} at position {i}); "
+                             f"{allowed}")
+    if value.strip() and not any(not c.isspace() and unicodedata.category(c) != "Cf" for c in value):
+        raise InvalidRequest(name, f"must contain 1-{max_len} visible characters; zero-width, BOM, soft "
+                             f"hyphen and other invisible format characters do not count")
+
+
+def _text(name: str, value: object, max_len: int, *, required: bool, revision: int = 1,
+          multiline: bool = False) -> str | None:
     if value is None and not required:
         return None
     if not isinstance(value, str):
         raise InvalidRequest(name, f"must be text of 1-{max_len} characters, got {value!r}")
+    if revision >= 2:
+        _characters(name, value, max_len, multiline)
     text = " ".join(value.split())
     if not text and not required:
         return None
@@ -107,28 +142,30 @@ def normalize_key(key: str) -> str:
     """'a min' / 'F#m' / 'Bb major' -> 'A minor' / 'F# minor' / 'Bb major'."""
     m = KEY_PATTERN.match(key.strip())
     if not m:
-        raise InvalidRequest(
-            "key", f"must be a note A-G with optional # or b and 'major' or 'minor' "
-            f"(e.g. 'A minor', 'F# major'), got {key!r}")
+        raise InvalidRequest("key", f"{KEY_RULE}, got {key!r}")
     mode = (m.group(3) or "major").lower()
     return f"{m.group(1).upper()}{m.group(2)} {'major' if mode in ('major', 'maj') else 'minor'}"
 
 
-def validate(req: SongRequest) -> SongRequest:
-    """Check every field; return a normalized copy (trimmed texts, canonical key)."""
-    prompt = _text("prompt", req.prompt, 2000, required=True)
+def validate(req: SongRequest, revision: int = VALIDATION_REVISION) -> SongRequest:
+    """Check every field; return a normalized copy (trimmed texts, canonical key).
+
+    `revision` 1 is the validation of workflows started before revision 2 (they replay through it)."""
+    prompt = _text("prompt", req.prompt, 2000, required=True, revision=revision, multiline=True)
     _number("duration_s", req.duration_s, 30, 600)
-    genre = _text("genre", req.genre, 200, required=False)
-    mood = _text("mood", req.mood, 200, required=False)
+    genre = _text("genre", req.genre, 200, required=False, revision=revision)
+    mood = _text("mood", req.mood, 200, required=False, revision=revision)
     if req.bpm is not None:
         _number("bpm", req.bpm, 40, 240, integer=True)
+    if revision >= 2 and not isinstance(req.key, (str, type(None))):
+        raise InvalidRequest("key", f"{KEY_RULE}, got {req.key!r}")
     key = normalize_key(req.key) if req.key not in (None, "") else None
     if req.seed is not None:
         _number("seed", req.seed, 0, 2**63 - 1, integer=True)
     if req.engine not in ENGINE_NAMES:
         raise InvalidRequest("engine", f"must be one of {', '.join(ENGINE_NAMES)}, got {req.engine!r}")
     if req.model is not None:
-        _text("model", req.model, 500, required=True)
+        _text("model", req.model, 500, required=True, revision=revision)
     _number("segment_s", req.segment_s, MIN_SEGMENT_S, MAX_SEGMENT_S)
     _number("overlap_s", req.overlap_s, 1, req.segment_s - 5)
     _number("crossfade_s", req.crossfade_s, 0.1, req.overlap_s)
@@ -146,34 +183,38 @@ def validate(req: SongRequest) -> SongRequest:
             formats.append(f)
     _number("loudness_lufs", req.loudness_lufs, -40, -5)
     _number("true_peak_dbtp", req.true_peak_dbtp, -9, 0)
+    id_matches = ID_PATTERN.fullmatch if revision >= 2 else ID_PATTERN.match  # 1: "abc\n" passed
     for name in ("user_id", "request_id"):
         value = getattr(req, name)
-        if not isinstance(value, str) or not ID_PATTERN.match(value):
+        if not isinstance(value, str) or not id_matches(value):
             raise InvalidRequest(name, f"must match [A-Za-z0-9_-]{{1,64}}, got {value!r}")
-    sections = _sections(req.sections, req.duration_s)
+    sections = _sections(req.sections, req.duration_s, revision)
     return replace(req, prompt=prompt, genre=genre, mood=mood, key=key, formats=formats,
                    sections=sections)
 
 
-def _sections(sections: object, duration_s: float) -> list[Section]:
+def _sections(sections: object, duration_s: float, revision: int) -> list[Section]:
     if not isinstance(sections, (list, tuple)):
         raise InvalidRequest("sections", "must be a list of {start_s, prompt}")
     if len(sections) > MAX_SECTIONS:
         raise InvalidRequest("sections", f"at most {MAX_SECTIONS} sections, got {len(sections)}")
     out: list[Section] = []
     for i, s in enumerate(sections):
+        name = f"sections[{i}]"
+        if revision >= 2 and not (isinstance(s, Section) or isinstance(s, dict) and s.keys() == SECTION_KEYS):
+            raise InvalidRequest(name, f"must be a Section or a {{start_s, prompt}} dict, got {s!r}")
         if isinstance(s, dict):
             s = Section(**s)
-        name = f"sections[{i}]"
         start = getattr(s, "start_s", None)
         _number(f"{name}.start_s", start, 0, duration_s)
         if start >= duration_s:
             raise InvalidRequest(f"{name}.start_s",
-                                 f"must be < duration_s ({duration_s:g}), got {start!r}")
+                                 f"must be < duration_s ({_bound(duration_s)}), got {start!r}")
         if i == 0 and start != 0:
             raise InvalidRequest(f"{name}.start_s", f"the first section must start at 0, got {start!r}")
         if out and start <= out[-1].start_s:
             raise InvalidRequest(f"{name}.start_s", f"sections must be in ascending order of "
                                  f"start_s; {start!r} follows {out[-1].start_s!r}")
-        out.append(Section(float(start), _text(f"{name}.prompt", s.prompt, 500, required=True)))
+        out.append(Section(float(start), _text(f"{name}.prompt", s.prompt, 500, required=True, revision=revision,
+                                               multiline=True)))
     return out

@@ -24,7 +24,7 @@ from typing import AsyncIterator, Literal, NoReturn
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from longsong.activities.errors import worker_identity
+from longsong.activities.errors import install_storage_heartbeat, worker_identity
 from longsong.process import exit_process
 from longsong.settings import Settings, SettingsError
 from longsong.storage import Storage, StorageError, StorageUnavailable, open_storage
@@ -37,6 +37,18 @@ log = logging.getLogger("longsong.worker")
 def build_worker(kind: Kind, client: Client, settings: Settings, storage: Storage, registry=None) -> Worker:
     """A configured, not yet running worker of `kind`; the GPU worker serves `registry`'s engines."""
     grace = timedelta(seconds=settings.shutdown_grace_s)
+    # LONGSONG_BUILD_ID set: both workers join the Worker Deployment as version (deployment, build id);
+    # pinned songs then run every task, GPU and CPU queue alike, on the build they started on.
+    # Unset: unversioned workers (dev stack, tests). The pinning is the deployment's default behavior, not the
+    # workflow's decorator: the server refuses a versioning behavior from an unversioned worker.
+    from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
+    from temporalio.worker import WorkerDeploymentConfig
+
+    deployment = WorkerDeploymentConfig(
+        version=WorkerDeploymentVersion(deployment_name=settings.deployment, build_id=settings.build_id),
+        use_worker_versioning=True,
+        default_versioning_behavior=VersioningBehavior.PINNED,
+    ) if settings.build_id else None
     if kind == "gpu":
         from longsong.activities.segment import SegmentActivities
 
@@ -51,6 +63,7 @@ def build_worker(kind: Kind, client: Client, settings: Settings, storage: Storag
             default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
             graceful_shutdown_timeout=grace,
             identity=worker_identity() + "-gpu",
+            deployment_config=deployment,
         )
     from longsong.activities.finish import FinishActivities
     from longsong.workflows import SongWorkflow
@@ -60,12 +73,13 @@ def build_worker(kind: Kind, client: Client, settings: Settings, storage: Storag
         client,
         task_queue=settings.cpu_queue,
         workflows=[SongWorkflow],
-        activities=[acts.finish_song, acts.cleanup_scratch],
+        activities=[acts.finish_song, acts.cleanup_scratch, acts.unpublish_track],
         activity_executor=ThreadPoolExecutor(settings.cpu_concurrency, thread_name_prefix="post"),
         max_concurrent_activities=settings.cpu_concurrency,
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         graceful_shutdown_timeout=grace,
         identity=worker_identity() + "-cpu",
+        deployment_config=deployment,
     )
 
 
@@ -78,6 +92,7 @@ async def in_process(address: str, settings: Settings, storage: Storage, registr
         from longsong.engines.registry import EngineRegistry
 
         registry = EngineRegistry([ProceduralEngine()])
+    install_storage_heartbeat()  # storage calls in activities heartbeat while they wait out an outage
     client = await Client.connect(address)
     async with build_worker("gpu", client, settings, storage, registry), build_worker("cpu", client, settings, storage):
         yield client
@@ -97,7 +112,18 @@ async def serve(kind: Kind, settings: Settings) -> None:
         from longsong.audio.encode import ffmpeg_exe
 
         serves = "ffmpeg " + ffmpeg_exe()
+    from longsong.atomic import set_temp_root, sweep
+
+    install_storage_heartbeat()  # storage calls in activities heartbeat while they wait out an outage
+    try:
+        tmp = set_temp_root(settings.home / "tmp")  # every temporary file under the data dir
+    except OSError as e:
+        raise SettingsError(f"LONGSONG_HOME: data dir {settings.home} is not writable ({e.strerror})") from None
     storage = open_storage(settings=settings)
+    # What killed workers left behind (their process is gone, or it is over a day old); live workers' files stay.
+    swept = [p.name for p in sweep(tmp)] + storage.sweep_temporary()
+    if swept:
+        log.info("removed %d stale temporary entries (%s)", len(swept), ", ".join(sorted(swept)[:5]))
     client = await connect(settings=settings)
     worker = build_worker(kind, client, settings, storage, registry)
     stop = asyncio.Event()

@@ -9,13 +9,17 @@ Plain functions plus pytest fixtures; tests/conftest.py re-exports the fixtures:
 `s3_env` (function scope) also puts them into os.environ for one test.
 moto speaks the S3 protocol with the minio SDK but does not check signatures, secrets or presigned-URL
 expiry; test those in our own code. Use a fresh bucket per test (`new_bucket_name()`); the server is shared.
+`shared_s3_server().paused()` freezes the server (SIGSTOP; SIGCONT when the block ends) for outage tests: it
+keeps its port, takes connections into the kernel's backlog and answers none of them until continued.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -73,8 +77,26 @@ class S3TestServer:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections wait in the backlog, nothing is answered."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Frozen inside the block, continued when it ends (also on error)."""
+        self.pause()
+        try:
+            yield self
+        finally:
+            self.resume()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.resume()  # a stopped process would not act on SIGTERM
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=5)

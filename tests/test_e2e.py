@@ -183,7 +183,7 @@ def test_a_killed_gpu_worker_loses_no_finished_segment(tmp_path):
     home = tmp_path / "home"
     # the interrupted window is retried once its heartbeat times out: 5 s here, not the default minute
     env.update(LONGSONG_HOME=str(home), LONGSONG_DEV_PORT=str(free_port()), LONGSONG_DEV_UI_PORT=str(free_port()),
-               LONGSONG_HEARTBEAT_TIMEOUT_S="5")
+               LONGSONG_HEARTBEAT_TIMEOUT_S="5", LONGSONG_STORAGE_TIMEOUT_S="4")
     up = cli("dev", "up", env=env)
     assert up.returncode == 0, up.stderr
     try:
@@ -193,7 +193,7 @@ def test_a_killed_gpu_worker_loses_no_finished_segment(tmp_path):
         work = home / "objects" / "work" / song
         old_worker = int((home / "run" / "worker-gpu.pid").read_text())
         deadline = time.monotonic() + 120
-        while not (work / "seg-004.json").exists() and time.monotonic() < deadline:
+        while not list(work.glob("seg-004.a*.json")) and time.monotonic() < deadline:
             time.sleep(0.01)
         os.kill(old_worker, signal.SIGKILL)
         finished_before = {p.name for p in work.glob("seg-*.json")}

@@ -425,3 +425,14 @@ def test_int8_quantized_engine(ckpts):
     assert a.details["quantize"] == "int8-dynamic" and a.audio.shape == (1, 30 * HOP)
     nxt = eng.generate(req(30, context=10, handoff=a.handoff, seed=4), Steps())
     np.testing.assert_array_equal(codes_of(nxt)[:, :10], codes_of(a)[:, -10:])
+
+
+def test_a_window_refuses_a_handoff_from_another_model(engines):
+    """One model per song: the hand-off state names model and revision; another model's is refused (not retried)."""
+    first = engines["mono"].generate(req(20), Steps())
+    header, codes = mg.decode_handoff(first.handoff)
+    for model, revision in ((header["model"], "sha256:other"), ("facebook/musicgen-small", header["revision"])):
+        forged = mg.encode_handoff(codes, model, revision, 1)
+        with pytest.raises(EngineError, match="handoff: the previous window was made by .* one model"):
+            engines["mono"].generate(req(20, context=10, handoff=forged), Steps())
+    engines["mono"].generate(req(20, context=10, handoff=first.handoff), Steps())  # its own hand-off continues

@@ -51,10 +51,10 @@ def test_musicgen_song_through_workflow(temporal_address, storage, settings, tin
     segs = meta["plan"]["segments"]
     assert len(segs) == 3
     # Token hand-off: each window starts from exactly the previous window's last codes.
-    states = [decode_handoff(storage.get_bytes(f"work/{req.request_id}/seg-{i:03d}.state"))[1] for i in range(3)]
+    states = [decode_handoff(storage.get_bytes(f"work/{req.request_id}/seg-{i:03d}.a1.state"))[1] for i in range(3)]
     for prev, cur, seg in zip(states, states[1:], segs[1:]):
         context = round(seg["context_s"] * FRAME_RATE)
         np.testing.assert_array_equal(cur[:, :context], prev[:, -context:])
     for i, seg in enumerate(segs):
-        audio = from_npy_bytes(storage.get_bytes(f"work/{req.request_id}/seg-{i:03d}.npy"))
+        audio = from_npy_bytes(storage.get_bytes(f"work/{req.request_id}/seg-{i:03d}.a1.npy"))
         assert audio.shape[1] == round((seg["end_s"] - seg["start_s"]) * 32000)

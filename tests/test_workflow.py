@@ -206,7 +206,7 @@ class FlakyEngine(ProceduralEngine):
         return result
 
 
-def test_transient_error_retries_with_same_key_and_same_audio(temporal_address, storage, settings):
+def test_transient_error_retry_writes_its_own_keys_and_the_same_audio(temporal_address, storage, settings):
     settings = replace(settings, keep_scratch=True)
 
     async def main():
@@ -223,11 +223,12 @@ def test_transient_error_retries_with_same_key_and_same_audio(temporal_address, 
     segs = meta["plan"]["segments"]
     assert [s["attempt"] for s in segs] == [1, 2]
     first, retry = flaky.outputs[segs[1]["seed"]]
-    stored = from_npy_bytes(storage.get_bytes(f"work/{req.request_id}/seg-001.npy"))
+    stored = from_npy_bytes(storage.get_bytes(f"work/{req.request_id}/seg-001.a2.npy"))  # attempt 2's own key
+    assert not storage.exists(f"work/{req.request_id}/seg-001.a1.npy")  # attempt 1 failed before writing
     assert (first == retry).all() and (stored == retry).all()
 
 
-def test_segment_keys_are_deterministic_and_retries_overwrite(temporal_address, storage, settings):
+def test_segment_keys_are_deterministic_per_attempt(temporal_address, storage, settings):
     settings = replace(settings, keep_scratch=True)
 
     async def main():
@@ -239,20 +240,27 @@ def test_segment_keys_are_deterministic_and_retries_overwrite(temporal_address, 
 
     req = asyncio.run(main())
     keys = storage.list(f"work/{req.request_id}/")
-    assert keys == [f"work/{req.request_id}/seg-000.{kind}" for kind in ("json", "npy", "state")]
-    stored = from_npy_bytes(storage.get_bytes(f"work/{req.request_id}/seg-000.npy"))
+    assert keys == [f"work/{req.request_id}/seg-000.a1.{kind}" for kind in ("json", "npy", "state")]
+    stored = from_npy_bytes(storage.get_bytes(f"work/{req.request_id}/seg-000.a1.npy"))
     assert stored.shape == (2, 30 * 32000)
-    record = SegmentRecord.from_json(storage.get_bytes(f"work/{req.request_id}/seg-000.json"))
-    assert record.segment.index == 0 and record.outcome.audio_key.endswith("seg-000.npy")
+    record = SegmentRecord.from_json(storage.get_bytes(f"work/{req.request_id}/seg-000.a1.json"))
+    assert record.segment.index == 0 and record.outcome.audio_key.endswith("seg-000.a1.npy")
+    assert record.outcome.record_key.endswith("seg-000.a1.json") and record.outcome.attempt == 1
 
 
 def test_song_end_to_end_on_s3(temporal_address, s3_env, settings, tmp_path):
-    """The same workflow with the S3 backend (moto's server on loopback): presigned links download."""
+    """The same workflow with the S3 backend (moto's server on loopback). No presigned link (a bearer
+    credential) is ever in workflow history: results carry keys; links() mints links that download."""
+    import urllib.request
+    from datetime import timedelta
+
+    from longsong.request import InvalidRequest
     from longsong.storage import open_storage
     from longsong.storage.tracks import complete_tracks
     from s3_server import new_bucket_name
 
     s3 = open_storage(f"s3://{new_bucket_name()}/songs")
+    settings = replace(settings, storage=s3.url)  # the client opens the workers' store from its settings
 
     async def main():
         async with in_process(temporal_address, settings, s3) as client:
@@ -260,10 +268,26 @@ def test_song_end_to_end_on_s3(temporal_address, s3_env, settings, tmp_path):
             req = song(duration_s=40, formats=["mp3", "flac"])
             result = await lc.result((await lc.submit(req)).workflow_id)
             files = await lc.download(req.request_id, tmp_path / "dl")
-            return req, result, files
+            history = await client.get_workflow_handle(req.request_id).fetch_history()
+            links = await lc.links(req.request_id)
+            short = await lc.links(req.request_id, expiry=timedelta(minutes=5))
+            with pytest.raises(InvalidRequest, match=r"^expiry: .*7 days"):
+                await lc.links(req.request_id, expiry=timedelta(days=8))
+            return req, result, files, history, links, short
 
-    req, result, files = asyncio.run(main())
-    assert result.urls["mp3"].startswith("http://127.0.0.1") and "X-Amz-Signature" in result.urls["mp3"]
+    req, result, files, history, links, short = asyncio.run(main())
+    # The whole history, every event: as JSON and as raw protobuf (payload bytes are base64 in the JSON).
+    raw = history.to_json().encode() + b"".join(e.SerializeToString() for e in history.events)
+    assert f"audio/tester/{req.request_id}/track.mp3".encode() in raw  # the scan sees payloads: keys are there
+    for secret in (b"X-Amz-Signature", b"X-Amz-Credential", b"X-Amz-Algorithm", s3_env["AWS_ACCESS_KEY_ID"].encode()):
+        assert secret not in raw, secret
+    assert not hasattr(result, "urls")
+    assert set(links) == set(result.files) == {"mp3", "flac", "waveform", "metadata"}
+    for name, link in links.items():
+        assert link.startswith("http://127.0.0.1") and "X-Amz-Signature=" in link and "X-Amz-Credential=" in link
+        with urllib.request.urlopen(link, timeout=30) as r:
+            assert r.read() == files[name].read_bytes(), name
+    assert "X-Amz-Expires=300" in short["mp3"] and "X-Amz-Expires=86400" in links["mp3"]
     assert complete_tracks(s3) == [f"audio/tester/{req.request_id}/"]
     assert s3.list(f"work/{req.request_id}/") == []
     meta = json.loads(files["metadata"].read_text())
@@ -271,3 +295,40 @@ def test_song_end_to_end_on_s3(temporal_address, s3_env, settings, tmp_path):
     from longsong.storage.base import sha256_file
 
     assert meta["files"]["mp3"]["sha256"] == sha256_file(files["mp3"])
+
+
+def test_list_quotes_a_validated_user_id(temporal_address, storage, settings):
+    """The user id goes into a visibility query: only an id matching the request rule, quoted. A crafted id
+    never widens the query to other users' songs; o'brien is a one-line InvalidRequest, not an SQL error."""
+    from longsong.request import InvalidRequest
+
+    crafted = ("nobody' OR LongsongUserId != 'nobody", "o'brien", "alice' OR 'x'='x", "alice\n", "", "a" * 65,
+               "alice OR WorkflowType = 'SongWorkflow'")
+
+    async def main():
+        async with in_process(temporal_address, settings, storage) as client:
+            lc = LongsongClient(client, settings)
+            alice = [await lc.submit(song(duration_s=30, user_id="alice", seed=i)) for i in (1, 2)]
+            bob = await lc.submit(song(duration_s=30, user_id="bob"))
+            for h in (*alice, bob):
+                await lc.result(h.workflow_id)
+            deadline = time.monotonic() + 20
+            while True:  # visibility trails the workflows by a moment
+                listed = await lc.list(user_id="alice", limit=100)
+                if {h.workflow_id for h in alice} <= {s.workflow_id for s in listed} or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+            answers = {}
+            for bad in crafted:
+                try:
+                    answers[bad] = await lc.list(user_id=bad, limit=100)
+                except InvalidRequest as e:
+                    answers[bad] = e
+            return alice, bob, listed, answers
+
+    alice, bob, listed, answers = asyncio.run(main())
+    assert {s.workflow_id for s in listed} == {h.workflow_id for h in alice}
+    assert {s.user_id for s in listed} == {"alice"}
+    for bad, answer in answers.items():
+        assert isinstance(answer, InvalidRequest), (bad, answer)
+        assert answer.field == "user_id" and "\n" not in str(answer) and str(answer).startswith("user_id: ")

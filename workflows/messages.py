@@ -36,6 +36,13 @@ def segment_key(request_id: str, index: int, kind: str) -> str:
     return f"{scratch_prefix(request_id)}seg-{index:03d}.{kind}"
 
 
+def attempt_key(key: str, attempt: int) -> str:
+    """`work/r/seg-003.npy` -> `work/r/seg-003.a2.npy`: each attempt writes its own objects, so a retried or
+    zombie attempt never overwrites a window that a later window already continued from."""
+    stem, dot, kind = key.rpartition(".")
+    return f"{stem}.a{attempt}.{kind}"
+
+
 def track_prefix(user_id: str, request_id: str) -> str:
     return f"audio/{user_id}/{request_id}/"
 
@@ -49,9 +56,11 @@ class SegmentJob:
     total_segments: int
     sampling: Sampling
     handoff_key: str | None  # previous segment's hand-off state; None for segment 0
-    audio_key: str  # where the window's decoded audio goes (deterministic: retries overwrite)
+    audio_key: str  # where the window's decoded audio goes (with write_once: per attempt, see attempt_key)
     state_key: str  # where this window's hand-off state goes
     record_key: str  # where the SegmentRecord goes
+    write_once: bool = False  # each attempt writes under its own keys (songs started before this was False)
+    model_version: str | None = None  # the revision every window of the song must use (pinned after window 0)
 
 
 @dataclass
@@ -69,6 +78,7 @@ class SegmentOutcome:
     worker: str
     attempt: int
     details: dict[str, str] = field(default_factory=dict)  # engine-specific facts for metadata
+    record_key: str = ""  # where its SegmentRecord is ("" from workers before write-once keys: segment_key's)
 
 
 @dataclass
@@ -138,7 +148,6 @@ class FinishOutcome:
     mastered: Mastered
     timings: dict[str, float]  # per step, plus "wall_s" (encodes overlap, so not their sum)
     worker: str
-    urls: dict[str, str] = field(default_factory=dict)  # download links (presigned on S3)
 
 
 @dataclass
@@ -177,6 +186,15 @@ class Progress:
     percent: int
     started_at: str
     updated_at: str
+    # Merged in by the client from the workflow's pending activity (the workflow itself leaves them unset):
+    activity: str | None = None  # running activity: generate_segment, finish_song, cleanup_scratch, ...
+    window: int | None = None  # 1-based window of a generate_segment activity
+    attempt: int | None = None
+    max_attempts: int | None = None  # None: unlimited
+    last_failure: str | None = None  # one line
+    heartbeat_age_s: float | None = None  # since the running attempt's last heartbeat (or start)
+    retrying: bool = False  # attempt > 1 or a last failure: no ETA
+    stalled: bool = False  # no heartbeat for a while (its worker may be gone): no ETA
 
 
 @dataclass
@@ -193,4 +211,3 @@ class SongResult:
     watermark_id: int
     files: dict[str, str]  # format (and "metadata", "waveform") -> object key
     timings: dict[str, float]
-    urls: dict[str, str] = field(default_factory=dict)  # presigned links where the store has them

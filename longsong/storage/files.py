@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from pathlib import Path
 
-from longsong.atomic import replacing
+from longsong.atomic import replacing, sweep, temp_name
 from longsong.storage.base import ObjectInfo, Storage, StorageError, check_key, sha256_file
 
 
 class FileStorage(Storage):
-    """Objects as files under a root folder; written in `{root}/.tmp`, then renamed into place."""
+    """Objects as files under a root folder; written in `{root}/.tmp` (under names `sweep_temporary` can tell
+    stale: see longsong.atomic), then renamed into place."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser().resolve()
         self.url = self.root.as_uri()
         try:
             (self.root / ".tmp").mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".tmp" / f"probe-{uuid.uuid4().hex}"
+            probe = self.root / ".tmp" / temp_name("probe")
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as e:
@@ -80,3 +80,7 @@ class FileStorage(Storage):
 
     def link(self, key, expires=None):
         return self._path(key).as_uri()
+
+    def sweep_temporary(self):
+        """Remove what crashed writers left in {root}/.tmp (their process is gone, or it is over a day old)."""
+        return [p.name for p in sweep(self.root / ".tmp")]

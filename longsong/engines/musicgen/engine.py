@@ -194,6 +194,10 @@ class MusicGenEngine:
         if codes.shape[0] != self.num_codebooks:
             raise EngineError(f"handoff: {codes.shape[0]} codebooks from {header.get('model')!r}, but {self.model!r} "
                               f"uses {self.num_codebooks} (mono and stereo models cannot continue each other)")
+        if (header.get("model"), header.get("revision")) != (self.model, self.version):
+            raise EngineError(f"handoff: the previous window was made by {header.get('model')!r} revision "
+                              f"{header.get('revision')}, this one would run {self.model!r} revision {self.version}: "
+                              f"every window of a song uses one model")
         if codes.shape[1] < req.context_frames:
             raise EngineError(f"context_frames: {req.context_frames} exceeds the {codes.shape[1]} frames of the "
                               f"previous window's hand-off state")

@@ -18,9 +18,12 @@ longsong's own settings for this backend (parsed by `longsong.settings.Settings`
                                   (default 2; "off" disables) - covers songs that failed before cleanup
     LONGSONG_RETENTION_DAYS       lifecycle rule: finished tracks under {prefix}audio/ expire after N days
                                   (default off; 30 is a sensible production value)
+    LONGSONG_STORAGE_RETRY_S      an outage this long is waited out: transient failures are retried with
+                                  backoff (heartbeating the activity) until then (default 300)
+    LONGSONG_STORAGE_TIMEOUT_S    connect and read timeout of one request (default 20)
 
 Modules: `client` (S3Storage: construction, the Storage interface, integrity checks), `errors` (what a
-failure means: StorageError / StorageUnavailable / FileNotFoundError, bounded retries), `lifecycle` (bucket
+failure means: StorageError / StorageUnavailable / FileNotFoundError, outages waited out), `lifecycle` (bucket
 creation, lifecycle rules and the public-policy check at start), `names` (bucket, prefix, endpoint, content
 type and metadata header rules).
 """

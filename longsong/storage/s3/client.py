@@ -4,11 +4,16 @@ Integrity: the SDK signs each request body's SHA-256 (http) or sends its Content
 rejects a corrupted body; after an upload the returned ETag is compared with the MD5 (multipart: MD5 of the
 part MD5s) computed locally; the SHA-256 is stored as object metadata (`x-amz-meta-sha256`) and checked
 again on every download. Files larger than `part_size` (16 MiB) go up as multipart uploads.
+
+Outages: every request has LONGSONG_STORAGE_TIMEOUT_S as its connect and read timeout, and transient failures
+are retried (backoff, heartbeating through `longsong.storage.base.waiting`) for LONGSONG_STORAGE_RETRY_S from
+the start of the call (`errors.Caller`). `put_bytes`/`get_bytes` work in memory: no temporary files.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 from datetime import timedelta
@@ -61,12 +66,12 @@ def _fmt_td(td: timedelta) -> str:
     return f"{s}s"
 
 
-def _digests(path: str | Path, part_size: int) -> tuple[str, str, int]:
-    """(sha256 hex, expected S3 ETag, size) in one pass, reading part by part."""
+def _digests(path: str | Path | bytes, part_size: int) -> tuple[str, str, int]:
+    """(sha256 hex, expected S3 ETag, size) in one pass, reading part by part (a file, or bytes in memory)."""
     sha = hashlib.sha256()
     part_md5s: list[bytes] = []
     size = 0
-    with open(path, "rb") as f:
+    with (io.BytesIO(path) if isinstance(path, (bytes, bytearray, memoryview)) else open(path, "rb")) as f:
         while True:
             chunk = f.read(part_size)
             if not chunk and part_md5s:
@@ -118,11 +123,10 @@ class S3Storage(Storage):
         scratch_expiry_days: int | None = Settings.scratch_expiry_days,
         retention_days: int | None = Settings.retention_days,
         part_size: int = DEFAULT_PART_SIZE,
-        attempts: int = 4,
+        retry_s: float = Settings.storage_retry_s,
+        timeout_s: float = Settings.storage_timeout_s,
         retry_base_delay: float = 0.5,
-        retry_max_delay: float = 8.0,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 120.0,
+        retry_max_delay: float = 10.0,
         verify_etag: bool = True,
         init: bool = True,
     ):
@@ -148,11 +152,16 @@ class S3Storage(Storage):
             raise StorageError(f"S3 storage: part size {part_size} is below the S3 minimum of 5 MiB")
         self.part_size = part_size
         self.verify_etag = verify_etag
-        self._call = Caller(self.bucket, self.prefix, self.endpoint, max(1, attempts), retry_base_delay,
-                            retry_max_delay)
+        if retry_s < 0 or timeout_s <= 0:
+            raise StorageError(f"S3 storage: outage budget {retry_s:g} s and request timeout {timeout_s:g} s must "
+                               f"be positive")
+        self.retry_s = retry_s
+        self.timeout_s = timeout_s
+        self._call = Caller(self.bucket, self.prefix, self.endpoint, retry_s, retry_base_delay, retry_max_delay,
+                            timeout_s)
 
         self._http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+            timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
             maxsize=10,
             cert_reqs="CERT_REQUIRED",
             ca_certs=ca_file or os.environ.get("SSL_CERT_FILE") or certifi.where(),
@@ -213,6 +222,8 @@ class S3Storage(Storage):
             link_expiry=settings.link_expiry,
             scratch_expiry_days=settings.scratch_expiry_days,
             retention_days=settings.retention_days,
+            retry_s=settings.storage_retry_s,
+            timeout_s=settings.storage_timeout_s,
         )
         kwargs.update(overrides)
         return cls(bucket, prefix, **kwargs)
@@ -230,15 +241,27 @@ class S3Storage(Storage):
         return self.prefix + check_key(key)
 
     def put_file(self, key, path, content_type="application/octet-stream", metadata=None):
+        return self._put(key, path, content_type, metadata)
+
+    def put_bytes(self, key, data, content_type="application/octet-stream", metadata=None):
+        return self._put(key, bytes(data), content_type, metadata)
+
+    def _put(self, key: str, source: str | Path | bytes, content_type: str,
+             metadata: dict[str, str] | None) -> ObjectInfo:
+        """Upload a file (by path) or bytes; verified by ETag, the SHA-256 kept as object metadata."""
         name = self._name(key)
-        sha, etag, size = _digests(path, self.part_size)
+        sha, etag, size = _digests(source, self.part_size)
         headers = {meta_key(k): meta_value(v) for k, v in (metadata or {}).items()}
         headers["sha256"] = sha
         ctype = content_type_for(key, content_type)
 
         def upload() -> None:
-            result = self._client.fput_object(self.bucket, name, str(path), content_type=ctype, metadata=headers,
-                                              part_size=self.part_size)
+            if isinstance(source, bytes):  # a fresh stream per attempt
+                result = self._client.put_object(self.bucket, name, io.BytesIO(source), size, content_type=ctype,
+                                                 metadata=headers, part_size=self.part_size)
+            else:
+                result = self._client.fput_object(self.bucket, name, str(source), content_type=ctype,
+                                                  metadata=headers, part_size=self.part_size)
             got = (result.etag or "").strip('"').lower()
             hdrs = result.http_headers or {}
             encrypted = (hdrs.get("x-amz-server-side-encryption", "").startswith("aws:kms")

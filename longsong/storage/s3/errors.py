@@ -1,9 +1,12 @@
-"""What an S3 failure means for the caller, and the bounded retries of the transient ones.
+"""What an S3 failure means for the caller, and waiting out the transient ones.
 
 `StorageError` (from longsong.storage) for what retrying cannot fix - a bad URL or setting, access denied,
-wrong credentials, no such bucket; `StorageUnavailable` for transient failures (connection refused, timeouts,
-5xx, an upload whose checksum did not verify) that persisted through a few retries with backoff inside the
-call. A missing object is `FileNotFoundError`, as with the filesystem backend. Every message is one line.
+wrong credentials, no such bucket; a missing object is `FileNotFoundError`, as with the filesystem backend.
+Transient failures (connection refused, timeouts, 5xx, an upload whose checksum did not verify) are retried
+with capped, jittered exponential backoff until the outage budget (LONGSONG_STORAGE_RETRY_S) has passed since
+the call began; meanwhile `longsong.storage.base.waiting` is told before each sleep and every few seconds (the
+workers heartbeat the running activity from it). Then `StorageUnavailable`, one line naming the endpoint and
+the root cause: "storage unreachable at http://minio:9000: connection refused (waited 300 s)".
 Exceptions that are not the SDK's or urllib3's (e.g. cancellation) pass through untouched, never retried.
 """
 
@@ -20,7 +23,7 @@ from typing import Callable, TypeVar
 import urllib3
 from minio.error import InvalidResponseError, S3Error, ServerError
 
-from longsong.storage.base import StorageError, StorageUnavailable
+from longsong.storage.base import WAIT_REPORT_S, StorageError, StorageUnavailable, waiting
 
 log = logging.getLogger("longsong.storage.s3")
 
@@ -40,15 +43,17 @@ class Corrupted(Exception):
 
 @dataclass(frozen=True)
 class Caller:
-    """Runs SDK calls on one bucket: `caller(op, fn, key)` retries transient failures with exponential
-    backoff (at most `attempts` tries) and maps every failure to longsong's error types."""
+    """Runs SDK calls on one bucket: `caller(op, fn, key)` retries transient failures with exponential backoff
+    (from `base_delay`, doubling, at most `max_delay`, jittered) until `retry_s` seconds have passed since the
+    call began, and maps every failure to longsong's error types. `retry_s=0`: one try, no waiting."""
 
     bucket: str
     prefix: str
     endpoint: str
-    attempts: int = 4
+    retry_s: float = 300.0
     base_delay: float = 0.5
-    max_delay: float = 8.0
+    max_delay: float = 10.0
+    timeout_s: float | None = None  # the requests' timeout, for messages
 
     @property
     def url(self) -> str:
@@ -105,9 +110,49 @@ class Caller:
             return "transient", f"S3 {op} on {at}: {exc}"
         return None
 
+    def cause(self, exc: BaseException) -> tuple[bool, str]:
+        """(reached the server?, short root cause) of a transient failure, e.g. (False, "connection refused")."""
+        if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+            return self.cause(exc.reason)
+        if isinstance(exc, S3Error):
+            return True, f"{exc.code or getattr(exc.response, 'status', '')}: {exc.message}"
+        if isinstance(exc, ServerError):
+            return True, f"server error {exc.status_code}"
+        if isinstance(exc, InvalidResponseError):
+            return True, f"unexpected non-S3 answer (HTTP {_response_code(exc)})"
+        if isinstance(exc, Corrupted):
+            return True, str(exc)
+        if isinstance(exc, urllib3.exceptions.NewConnectionError):  # (a subclass of ConnectTimeoutError)
+            return False, _lower_first(_reason(exc))
+        if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
+            return False, f"no connection within {_timeout_of(exc, self.timeout_s)} (connect timeout)"
+        if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
+            return False, f"no answer within {_timeout_of(exc, self.timeout_s)} (read timeout)"
+        if isinstance(exc, urllib3.exceptions.ProtocolError):
+            inner = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], BaseException) else None
+            if isinstance(inner, TimeoutError):  # the server stopped taking the request body
+                return False, f"no answer within {_timeout_of(inner, self.timeout_s)} (timed out sending the request)"
+            return False, "connection lost: " + _lower_first(_reason(inner) if inner is not None else _reason(exc))
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return False, _lower_first(_reason(exc))
+        return False, f"{type(exc).__name__}: {_reason(exc)}"
+
+    def unavailable(self, exc: BaseException, waited_s: float) -> StorageUnavailable:
+        reached, cause = self.cause(exc)
+        what = "unavailable" if reached else "unreachable"
+        if self.retry_s <= 0:
+            return StorageUnavailable(f"storage {what} at {self.endpoint}: {cause} (not retried: "
+                                      f"LONGSONG_STORAGE_RETRY_S=0)", waited_s, False)
+        return StorageUnavailable(f"storage {what} at {self.endpoint}: {cause} (waited {_secs(waited_s)} s)",
+                                  waited_s, True)
+
     def __call__(self, op: str, fn: Callable[[], T], key: str | None = None) -> T:
+        began = time.monotonic()
+        end = began + max(0.0, self.retry_s)
         delay = self.base_delay
-        for attempt in range(1, self.attempts + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return fn()
             except Exception as exc:  # classified below; anything unknown (e.g. cancellation) is re-raised as is
@@ -119,12 +164,44 @@ class Caller:
                     raise FileNotFoundError(message) from exc
                 if kind == "permanent":
                     raise StorageError(message) from exc
-                if attempt == self.attempts:
-                    raise StorageUnavailable(f"{message} (gave up after {attempt} attempts)") from exc
-                log.warning("%s; retrying in %.1f s (attempt %d of %d)", message, delay, attempt, self.attempts)
-                time.sleep(delay * random.uniform(0.5, 1.0))
+                now = time.monotonic()
+                if now >= end:
+                    raise self.unavailable(exc, now - began) from exc
+                pause = min(delay * random.uniform(0.5, 1.0), end - now)
                 delay = min(delay * 2, self.max_delay)
-        raise AssertionError("unreachable")
+                reached, cause = self.cause(exc)
+                log.warning("%s; retrying in %.1f s (attempt %d, waited %s of %s s)", message, pause, attempt,
+                            _secs(now - began), _secs(self.retry_s))
+                self._sleep(pause, began, f"storage {'unavailable' if reached else 'unreachable'} at "
+                                          f"{self.endpoint}: {cause}; retrying S3 {op}")
+
+    def _sleep(self, pause: float, began: float, message: str) -> None:
+        """Sleep `pause` seconds, telling the waiting hook before and at least every WAIT_REPORT_S seconds."""
+        wake = time.monotonic() + pause
+        while True:
+            now = time.monotonic()
+            left = wake - now
+            waiting(f"{message} in {_secs(max(0.0, left))} s (waited {_secs(now - began)} of {_secs(self.retry_s)} s)")
+            if left <= 0:
+                return
+            time.sleep(min(WAIT_REPORT_S, left))
+
+
+def _secs(seconds: float) -> str:
+    """12.3 -> '12', 0.54 -> '0.5': whole seconds from 10 s on."""
+    return f"{seconds:.0f}" if seconds >= 10 else f"{round(seconds, 1):g}"
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:] if text[1:2].islower() or len(text) == 1 else text
+
+
+def _timeout_of(exc: BaseException, configured: float | None) -> str:
+    """'5 s' from urllib3's "... (read timeout=5)" / "(connect timeout=5)" messages, else the configured one."""
+    m = re.search(r"timeout=([\d.]+)\)", str(exc))
+    if m:
+        return f"{float(m.group(1)):g} s"
+    return f"{configured:g} s" if configured else "the timeout"
 
 
 def _response_code(exc: InvalidResponseError) -> int:

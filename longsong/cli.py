@@ -45,12 +45,28 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"longsong: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
-def _section(text: str) -> Section:
+def _section(i: int, text: str) -> Section:
     start, sep, prompt = text.partition(":")
     try:
+        if not sep:
+            raise ValueError
         return Section(float(start), prompt.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected START:PROMPT (e.g. 30:chorus), got {text!r}") from None
+        raise InvalidRequest(f"sections[{i}]", f"must be START:PROMPT with START in seconds (e.g. 30:chorus), "
+                                               f"got {text!r}") from None
+
+
+def _number(text: str | float | None) -> float | int | str | None:
+    """An option's number as typed ('120' -> 120, '120.5' -> 120.5); text that is no number stays text, so
+    validation names the field and its range instead of argparse naming the option."""
+    if not isinstance(text, str):
+        return text
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _connection_options(p: argparse.ArgumentParser, default) -> None:
@@ -77,18 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = command("generate", "submit a song")
     g.add_argument("prompt")
-    g.add_argument("--duration", type=float, default=180.0, help="seconds, 30-600 (default 180)")
+    g.add_argument("--duration", default=180.0, help="seconds, 30-600 (default 180)")
     g.add_argument("--engine", default="procedural", help="procedural or musicgen")
     g.add_argument("--model")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--section", type=_section, action="append", default=[], metavar="START:PROMPT")
-    g.add_argument("--bpm", type=int)
+    g.add_argument("--seed")
+    g.add_argument("--section", action="append", default=[], metavar="START:PROMPT")
+    g.add_argument("--bpm")
     g.add_argument("--key")
     g.add_argument("--genre")
     g.add_argument("--mood")
     g.add_argument("--format", action="append", dest="formats", metavar=f"{{{','.join(FORMATS)}}}")
-    g.add_argument("--loudness", type=float, default=-14.0, help="target LUFS (default -14)")
-    g.add_argument("--true-peak", type=float, default=-1.0, help="ceiling dBTP (default -1)")
+    g.add_argument("--loudness", default=-14.0, help="target LUFS (default -14)")
+    g.add_argument("--true-peak", default=-1.0, help="ceiling dBTP (default -1)")
     g.add_argument("--user", default="anonymous")
     g.add_argument("--request-id", help="the song's id: the same request again attaches to it; a different "
                                         "request under a used id is an error")
@@ -119,12 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _request(a: argparse.Namespace) -> SongRequest:
-    fields = dict(prompt=a.prompt, duration_s=a.duration, engine=a.engine, model=a.model, seed=a.seed,
-                  sections=a.section, bpm=a.bpm, key=a.key, genre=a.genre, mood=a.mood,
-                  loudness_lufs=a.loudness, true_peak_dbtp=a.true_peak, user_id=a.user)
+    fields = dict(prompt=a.prompt, duration_s=_number(a.duration), engine=a.engine, model=a.model,
+                  seed=_number(a.seed), sections=[_section(i, t) for i, t in enumerate(a.section)],
+                  bpm=_number(a.bpm), key=a.key, genre=a.genre, mood=a.mood, loudness_lufs=_number(a.loudness),
+                  true_peak_dbtp=_number(a.true_peak), user_id=a.user)
     if a.formats:
         fields["formats"] = a.formats
-    if a.request_id:
+    if a.request_id is not None:
         fields["request_id"] = a.request_id
     return SongRequest(**fields)
 

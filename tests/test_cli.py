@@ -172,8 +172,10 @@ def test_version():
 
 
 @pytest.mark.parametrize("args, line", [
-    (["generate", "x", "--duration", "x"],
-     "longsong: error: argument --duration: invalid float value: 'x' (see longsong generate --help)"),
+    (["list", "--limit", "x"],
+     "longsong: error: argument --limit: invalid int value: 'x' (see longsong list --help)"),
+    (["generate", "x", "--duration", "x"],  # a request field: validation names the field, not the option
+     "longsong: error: duration_s: must be a number >= 30 and <= 600, got 'x'"),
     (["status"], "longsong: error: the following arguments are required: id (see longsong status --help)"),
     (["frobnicate"], None),
     ([], "longsong: error: the following arguments are required: COMMAND (see longsong --help)"),
@@ -189,7 +191,7 @@ def test_usage_errors_are_one_line_and_exit_2(tmp_path, args, line):
     assert got.startswith("longsong: error: ")
     if line:
         assert got == line
-    if args[:1] == ["list"]:
+    if args[:2] == ["list", "--user"]:
         assert "user_id" in got
     if "--expiry" in args:
         assert "expiry" in got and "7 days" in got

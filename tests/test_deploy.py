@@ -292,7 +292,7 @@ def test_search_attributes_everywhere():
 
 def test_readme_covers_the_operations():
     readme = (DEPLOY / "README.md").read_text()
-    for phrase in ("docker compose up", "kubectl apply -k deploy/k8s", "LONGSONG_GPU_QUEUE=longsong-gpu-v2",
+    for phrase in ("docker compose up", "kubectl apply -k deploy/k8s", "LONGSONG_BUILD_ID", "set-current-version", "describe-version",
                    "temporal operator search-attribute create", "Helm", "Temporal Cloud", "TEMPORAL_API_KEY",
                    "maxReplicaCount"):
         assert phrase in readme, phrase

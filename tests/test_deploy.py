@@ -1,6 +1,6 @@
 """Keep deploy/ honest without Docker: the compose file, the Kubernetes manifests, .env.example and the
-Dockerfiles must agree with the code (task queue names, settings the code reads, search attributes,
-console-script entrypoints)."""
+Dockerfiles must agree with the code (task queue names, settings the code reads, Worker Deployment name and
+build ids, search attributes, console-script entrypoints)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,10 @@ from longsong.workflows.messages import SEARCH_ATTRIBUTES
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
+WORKERS = K8S / "workers"
+BUILD_LABEL = "longsong.io/build-id"
+# A build id is an image tag and, on Kubernetes, part of object names and a label value.
+BUILD_ID = re.compile(r"[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?")
 
 # Python sources that the workers (and the client they share) run.
 CODE = [*sorted((ROOT / "longsong").rglob("*.py")), *sorted((ROOT / "activities").rglob("*.py")),
@@ -34,7 +38,8 @@ ENVCONFIG = {"TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "TEMPORAL_API_KEY", "TEMP
              "TEMPORAL_TLS_SERVER_NAME", "TEMPORAL_TLS_DISABLE_HOST_VERIFICATION", "TEMPORAL_PROFILE",
              "TEMPORAL_CONFIG_FILE"}
 SERVICES = {"postgresql", "temporal-schema", "temporal", "temporal-init", "temporal-ui", "minio", "minio-init",
-            "worker-gpu", "worker-cpu"}
+            "worker-gpu", "worker-cpu", "worker-gpu-next", "worker-cpu-next"}
+WORKERS_COMPOSE = ("worker-gpu", "worker-cpu", "worker-gpu-next", "worker-cpu-next")
 
 
 def settings_read_by_code() -> set[str]:
@@ -74,6 +79,16 @@ def k8s(kind: str, name: str | None = None) -> list[dict]:
     return [d for d in k8s_docs() if d.get("kind") == kind and (name is None or d["metadata"]["name"] == name)]
 
 
+def workers_kustomization() -> dict:
+    return yaml.safe_load((WORKERS / "kustomization.yaml").read_text())
+
+
+def k8s_build() -> str:
+    """The build id of the workers in deploy/k8s/workers (its label)."""
+    (labels,) = workers_kustomization()["labels"]
+    return labels["pairs"][BUILD_LABEL]
+
+
 def sa_pairs(text: str) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in text.split())
 
@@ -95,6 +110,11 @@ def test_env_example_values_are_valid():
     env, _ = env_example()
     assert env["LONGSONG_GPU_QUEUE"] == Settings.gpu_queue
     assert env["LONGSONG_CPU_QUEUE"] == Settings.cpu_queue
+    assert env["LONGSONG_DEPLOYMENT"] == Settings.deployment and "." not in env["LONGSONG_DEPLOYMENT"]
+    for name in ("LONGSONG_BUILD_ID", "LONGSONG_NEXT_BUILD_ID"):
+        assert BUILD_ID.fullmatch(env[name]), f"{name}={env[name]!r}: lowercase letters, digits and '-'"
+    assert env["LONGSONG_BUILD_ID"] != env["LONGSONG_NEXT_BUILD_ID"]
+    assert ":" not in env["LONGSONG_IMAGE_GPU"] + env["LONGSONG_IMAGE_CPU"]  # the tag is the build id
     storage = urlparse(env["LONGSONG_STORAGE"])
     assert storage.scheme == "s3"
     check_bucket(storage.netloc, env["LONGSONG_STORAGE"])
@@ -118,7 +138,9 @@ def test_compose_services_and_healthchecks():
     assert "auto-setup" not in services["temporal"]["image"]  # deprecated image
     assert services["temporal"]["environment"]["DB"] == "postgres12"
     assert services["temporal"]["depends_on"]["temporal-schema"]["condition"] == "service_completed_successfully"
-    for worker in ("worker-gpu", "worker-cpu"):
+    for name, svc in services.items():
+        assert svc.get("profiles", []) == (["upgrade"] if name.endswith("-next") else []), name
+    for worker in WORKERS_COMPOSE:
         deps = services[worker]["depends_on"]
         assert deps["temporal-init"]["condition"] == "service_completed_successfully"
         assert deps["minio-init"]["condition"] == "service_completed_successfully"
@@ -158,6 +180,27 @@ def test_compose_gpu_worker():
     assert "${HF_HOME:-" + env["HF_HOME"] + "}" in targets  # the model cache volume sits at HF_HOME
     assert "$$LONGSONG_GPU_QUEUE" in gpu["healthcheck"]["test"][1]
     assert "$$LONGSONG_CPU_QUEUE" in compose()["services"]["worker-cpu"]["healthcheck"]["test"][1]
+
+
+def test_compose_workers_run_their_build():
+    """Image tag and LONGSONG_BUILD_ID come from one variable per build; the `-next` workers (profile `upgrade`)
+    are the same services for LONGSONG_NEXT_BUILD_ID, so both builds serve the same queues side by side."""
+    services = compose()["services"]
+    env, _ = env_example()
+    for kind in ("gpu", "cpu"):
+        current, nxt = services[f"worker-{kind}"], services[f"worker-{kind}-next"]
+        image = f"${{LONGSONG_IMAGE_{kind.upper()}:-longsong-worker-{kind}}}:"
+        assert current["image"].startswith(image + "${LONGSONG_BUILD_ID:?")
+        assert nxt["image"] == image + "${LONGSONG_NEXT_BUILD_ID}"
+        assert "environment" not in current  # LONGSONG_BUILD_ID from .env
+        assert nxt["environment"] == {"LONGSONG_BUILD_ID": "${LONGSONG_NEXT_BUILD_ID}"}
+        same = {k: v for k, v in nxt.items() if k not in ("image", "environment", "profiles")}
+        assert same == {k: v for k, v in current.items() if k != "image"}, kind
+        # healthy only while polling as this container's version (unversioned pollers are not listed there)
+        check = current["healthcheck"]["test"][1]
+        assert '--select-build-id \"$$LONGSONG_DEPLOYMENT:$$LONGSONG_BUILD_ID\"' in check, check
+        assert f"--task-queue-type {'activity' if kind == 'gpu' else 'workflow'}" in check
+    assert env["LONGSONG_IMAGE_GPU"] == "longsong-worker-gpu" and env["LONGSONG_IMAGE_CPU"] == "longsong-worker-cpu"
 
 
 def test_compose_stop_grace_longer_than_shutdown_grace():
@@ -218,8 +261,17 @@ def test_k8s_manifests_parse_and_are_listed():
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     for resource in kustomization["resources"]:
         assert (K8S / resource).exists(), resource
+    assert "workers" in kustomization["resources"]
+    workers = workers_kustomization()
+    for resource in workers["resources"] + workers["configurations"]:
+        assert (WORKERS / resource).exists(), resource
+    assert workers["namespace"] == kustomization["namespace"]
+    listed = {K8S / r for r in kustomization["resources"]} | {WORKERS / r for r in workers["resources"]}
+    for path in [*K8S.glob("*.yaml"), *WORKERS.glob("*.yaml")]:
+        if path.name not in ("kustomization.yaml", "kustomizeconfig.yaml"):
+            assert path in listed, f"{path.relative_to(K8S)} is in no kustomization"
     for doc in k8s_docs():
-        if doc.get("kind") not in ("Kustomization", "Namespace"):
+        if doc.get("kind") not in (None, "Kustomization", "Namespace"):  # None: kustomize configuration
             assert doc["metadata"]["namespace"] == kustomization["namespace"]
 
 
@@ -229,6 +281,8 @@ def test_k8s_config_matches_code():
     _, mentioned = env_example()
     assert cm["LONGSONG_GPU_QUEUE"] == Settings.gpu_queue
     assert cm["LONGSONG_CPU_QUEUE"] == Settings.cpu_queue
+    assert cm["LONGSONG_DEPLOYMENT"] == Settings.deployment
+    assert "LONGSONG_BUILD_ID" not in cm and "LONGSONG_BUILD_ID" not in secret  # per build, from the pod label
     assert not (set(cm) | set(secret)) - mentioned, "ConfigMap/Secret use names .env.example does not know"
     for required in ("TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "LONGSONG_STORAGE", "HF_HOME"):
         assert required in cm
@@ -242,14 +296,16 @@ def test_k8s_config_matches_code():
 def test_k8s_worker_deployments(kind):
     cm = k8s("ConfigMap", "longsong-config")[0]["data"]
     dep = k8s("Deployment", f"longsong-worker-{kind}")[0]
-    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    kustomization = workers_kustomization()
     assert "replicas" not in dep["spec"]  # KEDA owns it
     pod = dep["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["image"] in {i["name"] for i in kustomization["images"]}
     refs = {next(iter(r.values()))["name"] for r in container["envFrom"]}
     assert refs == {"longsong-config", "longsong-secrets"}
-    env = {**cm, **{e["name"]: e["value"] for e in container.get("env", [])}}
+    env = {**cm, **{e["name"]: e["value"] for e in container.get("env", []) if "value" in e}}
+    (build,) = [e for e in container["env"] if e["name"] == "LONGSONG_BUILD_ID"]
+    assert build["valueFrom"]["fieldRef"]["fieldPath"] == f"metadata.labels['{BUILD_LABEL}']"
     assert pod["terminationGracePeriodSeconds"] > int(env["LONGSONG_SHUTDOWN_GRACE_S"])
     mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
     assert env["LONGSONG_HOME"] in mounts
@@ -276,9 +332,54 @@ def test_keda_scaled_objects():
         assert meta["taskQueue"] == queues[target]
         assert meta["endpoint"] == cm["TEMPORAL_ADDRESS"]
         assert meta["namespace"] == cm["TEMPORAL_NAMESPACE"]
+        assert meta["workerDeploymentName"] == cm["LONGSONG_DEPLOYMENT"]  # this build's version, not unversioned
+        assert "workerDeploymentBuildId" in meta  # filled in from the build label (test_k8s_workers_are_one_build)
     gpu = next(s for s in scaled if s["spec"]["scaleTargetRef"]["name"] == "longsong-worker-gpu")
     assert gpu["spec"]["triggers"][0]["metadata"]["queueTypes"] == "activity"
     assert gpu["spec"]["triggers"][0]["metadata"]["workflowTaskQueueForCount"] == cm["LONGSONG_CPU_QUEUE"]
+
+
+def test_k8s_workers_are_one_build():
+    """deploy/k8s/workers is one build: its id is the name suffix, the label (which the pods read as
+    LONGSONG_BUILD_ID and the KEDA triggers copy), and both image tags."""
+    workers = workers_kustomization()
+    build = k8s_build()
+    assert BUILD_ID.fullmatch(build), build
+    assert workers["nameSuffix"] == f"-{build}"
+    (labels,) = workers["labels"]
+    assert labels["includeSelectors"] is True  # the Deployments of two builds never select each other's pods
+    assert {i["name"]: i["newTag"] for i in workers["images"]} == {"longsong-worker-gpu": build,
+                                                                   "longsong-worker-cpu": build}
+    (replacement,) = workers["replacements"]
+    assert replacement["source"]["fieldPath"] == f"metadata.labels.[{BUILD_LABEL}]"
+    assert k8s("Deployment", replacement["source"]["name"])
+    (target,) = replacement["targets"]
+    assert target["select"] == {"kind": "ScaledObject"}
+    assert target["fieldPaths"] == ["spec.triggers.0.metadata.workerDeploymentBuildId"]
+    config = yaml.safe_load((WORKERS / workers["configurations"][0]).read_text())
+    refs = {(r["kind"], f["path"]) for r in config["nameReference"] for f in r["fieldSpecs"]}
+    assert ("Deployment", "spec/scaleTargetRef/name") in refs  # the suffix renames KEDA's reference too
+    assert ("TriggerAuthentication", "spec/triggers/authenticationRef/name") in refs
+
+
+@pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl (kustomize) not installed")
+def test_k8s_kustomize_renders_one_build():
+    out = subprocess.run(["kubectl", "kustomize", str(K8S)], check=True, capture_output=True, text=True).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    build = k8s_build()
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    assert set(deployments) == {f"longsong-worker-gpu-{build}", f"longsong-worker-cpu-{build}"}
+    for dep in deployments.values():
+        assert dep["spec"]["selector"]["matchLabels"][BUILD_LABEL] == build
+        assert dep["spec"]["template"]["metadata"]["labels"][BUILD_LABEL] == build
+        assert dep["spec"]["template"]["spec"]["containers"][0]["image"].endswith(f":{build}")
+    scaled = [d for d in docs if d["kind"] == "ScaledObject"]
+    assert {s["spec"]["scaleTargetRef"]["name"] for s in scaled} == set(deployments)
+    for so in scaled:
+        assert so["metadata"]["name"].endswith(f"-{build}")
+        assert so["spec"]["triggers"][0]["metadata"]["workerDeploymentBuildId"] == build
+    shared = {d["metadata"]["name"] for d in docs if d["kind"] in ("ConfigMap", "Secret", "PersistentVolumeClaim")}
+    assert shared == {"longsong-config", "longsong-secrets", "longsong-hf-cache"}  # one set for all builds
 
 
 def test_search_attributes_everywhere():
@@ -292,7 +393,22 @@ def test_search_attributes_everywhere():
 
 def test_readme_covers_the_operations():
     readme = (DEPLOY / "README.md").read_text()
-    for phrase in ("docker compose up", "kubectl apply -k deploy/k8s", "LONGSONG_BUILD_ID", "set-current-version", "describe-version",
-                   "temporal operator search-attribute create", "Helm", "Temporal Cloud", "TEMPORAL_API_KEY",
-                   "maxReplicaCount"):
+    for phrase in ("docker compose up", "kubectl apply -k deploy/k8s", "LONGSONG_BUILD_ID", "LONGSONG_NEXT_BUILD_ID",
+                   "temporal worker deployment set-current-version --deployment-name longsong --build-id",
+                   "temporal worker deployment describe-version --deployment-name longsong --build-id",
+                   "TemporalWorkerDeploymentVersion='longsong:", f"-l {BUILD_LABEL}=", "--profile upgrade",
+                   "autoscaling.keda.sh/paused-replicas", "temporal operator search-attribute create", "Helm",
+                   "Temporal Cloud", "TEMPORAL_API_KEY", "maxReplicaCount"):
         assert phrase in readme, phrase
+    assert "longsong" == Settings.deployment  # the name the commands above use
+
+
+def test_no_queue_per_version_upgrades_left():
+    """Upgrades are Worker Deployment versions: no new GPU queue per model, nothing for clients to switch."""
+    production = (ROOT / "README.md").read_text().split("## Production", 1)[1].split("\n## ", 1)[0]
+    texts = {"README.md (Production)": production}
+    for path in [*DEPLOY.rglob("*.md"), *DEPLOY.rglob("*.yml"), *DEPLOY.rglob("*.yaml"), DEPLOY / ".env.example"]:
+        texts[str(path.relative_to(ROOT))] = path.read_text()
+    for name, text in texts.items():
+        assert not re.search(r"longsong-gpu-v\d|LONGSONG_GPU_QUEUE=longsong-gpu-", text), name
+    assert "set-current-version" in production and "LONGSONG_BUILD_ID" in production

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from dataclasses import asdict
 from datetime import timedelta
@@ -378,6 +379,18 @@ def run(args: argparse.Namespace) -> int:
     from longsong.devstack import DevStackError
     from longsong.storage import StorageError, StorageUnavailable
 
+    def detach(signum, frame) -> None:
+        """Ctrl-C: one line and exit 130 at once, whatever the event loop is doing (a cancelled wait could
+        otherwise be swallowed on its way out of asyncio.run)."""
+        song = getattr(args, "song_id", None)
+        if song is None:
+            _fail("interrupted", EXIT_INTERRUPTED)
+        else:
+            print(f"detached; the song keeps running: longsong status {song} --wait", file=sys.stderr)
+        exit_process(EXIT_INTERRUPTED)
+
+    if args.command in COMMANDS:
+        signal.signal(signal.SIGINT, detach)
     try:
         settings = Settings.from_env()
         if args.command == "dev":

@@ -225,7 +225,7 @@ def test_stalled_heartbeat_hides_the_eta():
     from temporalio.api.enums.v1 import PendingActivityState
     from temporalio.api.workflow.v1 import PendingActivityInfo
 
-    from longsong.cli import activity_line
+    from longsong.cli_progress import activity_line
 
     now = datetime.now(timezone.utc)
     info = PendingActivityInfo(attempt=1, maximum_attempts=5, state=PendingActivityState.PENDING_ACTIVITY_STATE_STARTED)

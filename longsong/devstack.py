@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from longsong.atomic import process_start
 from longsong.settings import Settings
 from longsong.workflows.messages import SEARCH_ATTRIBUTES
 
@@ -116,14 +117,7 @@ def _dirs(settings: Settings) -> tuple[Path, Path]:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    try:  # a zombie child of ours counts as dead
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return True
+    return process_start(pid) is not None  # a zombie child of ours counts as dead
 
 
 def services(settings: Settings) -> list[Service]:

@@ -101,9 +101,13 @@ class SegmentRecord:
 @dataclass
 class SeamReport:
     index: int  # seam between segment index-1 and index
-    start_s: float
+    start_s: float  # where the crossfade starts on the track
     correlation: float
     law: str  # "linear" (amplitude-complementary) ... "equal-power"
+    length_s: float = 0.0  # crossfade length (follows the tempo when placed on a beat)
+    placement: str = "centre"  # "downbeat", "beat" (found in the overlap) or "centre" (no beat found)
+    level_step_db: float = 0.0  # short-term level just after minus just before the seam
+    flux_z: float = 0.0  # spectral flux at the seam, z-score against the whole track's
 
 
 @dataclass

@@ -29,6 +29,8 @@ class WindowRequest:
     context_frames: int  # frames re-generated from `handoff` at the start of the window (0: text only)
     sampling: Sampling
     handoff: bytes | None  # previous window's hand-off state, as that engine serialized it
+    index: int = 0  # window number in the song (engines ignore it; the test fault engine keys on it)
+    reroll: int = 0  # 0: first try; n: the quality gate's n-th re-roll (seed already derived)
 
 
 @dataclass

@@ -6,9 +6,10 @@ so a retry overwrites instead of duplicating.
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from longsong.workflows.messages import (
     StoredFile,
     scratch_prefix,
     track_prefix,
+    window_key,
 )
 
 LOSSY = ("mp3", "opus")
@@ -86,7 +88,7 @@ class FinishActivities:
             outcomes = [r.outcome for r in records]
             engine, model, sr = outcomes[0].engine, outcomes[0].model, outcomes[0].sample_rate
             object_meta = {"request-id": req.request_id, "engine": engine, "model": model}
-            windows = [from_npy_bytes(self.storage.get_bytes(o.audio_key)) for o in outcomes]
+            windows, kept = self._keep_windows(job, prefix, records)
             track, seams = assemble(windows, plan, sr)
             del windows
             timings["assemble_s"] = time.perf_counter() - t
@@ -133,10 +135,45 @@ class FinishActivities:
             activity.heartbeat("publishing")
             if activity.is_cancelled():  # the song was cancelled: never make the folder visible
                 raise CancelledError("finish cancelled before publishing")
-            manifest = build_manifest(job, plan, outcomes, facts, files, timings, worker_identity())
+            manifest = build_manifest(job, plan, outcomes, facts, files, timings, worker_identity(), kept)
             info = self.storage.put_bytes(prefix + COMMIT_MARKER, manifest, "application/json", object_meta)
             files["metadata"] = StoredFile(info.key, info.size, info.sha256, "application/json")
         return FinishOutcome(prefix, files, facts, timings, worker_identity())  # keys only, never links
+
+    def _keep_windows(self, job: FinishJob, prefix: str, records: list[SegmentRecord]
+                      ) -> tuple[list[np.ndarray], list[dict]]:
+        """Each window's audio (for the assembly), copied with its hand-off state, features and gate report
+        into the track folder's windows/, so a later song can extend or redo this one without regenerating
+        it. Returns the audio and the manifest's window entries."""
+        windows, entries = [], []
+        inherited = job.parent.kept_windows if job.parent else 0
+        for i, record in enumerate(records):
+            o = record.outcome
+            audio = self.storage.get_bytes(o.audio_key)
+            windows.append(from_npy_bytes(audio))
+            keys = {kind: window_key(prefix, i, kind) for kind in ("npy", "state", "json")}
+            self.storage.put_bytes(keys["npy"], audio)
+            del audio
+            self.storage.put_bytes(keys["state"], self.storage.get_bytes(o.state_key))
+            entry = {"index": i, "start_s": record.segment.start_s, "end_s": record.segment.end_s,
+                     "seed": record.segment.seed, "audio": keys["npy"], "state": keys["state"], "record": keys["json"],
+                     "features": "", "quality": "", "inherited_from": job.parent.request_id if i < inherited else None}
+            if i < len(job.features) and job.features[i]:
+                entry["features"] = window_key(prefix, i, "features")
+                self.storage.put_bytes(entry["features"], self.storage.get_bytes(job.features[i]))
+            if i < len(job.quality):
+                report = json.loads(self.storage.get_bytes(job.reports[i])) if job.reports[i] else {}
+                if report:
+                    entry["quality"] = window_key(prefix, i, "quality.json")
+                    self.storage.put_bytes(entry["quality"], json.dumps(report).encode(), "application/json")
+                rejected = [json.loads(self.storage.get_bytes(key)) for key in job.rejected[i]]
+                entry["gate"] = {"summary": asdict(job.quality[i]), "measures": report.get("measures", []),
+                                 "rejected": [{k: r[k] for k in ("reroll", "score", "failed", "note")} for r in rejected]}
+            moved = replace(o, audio_key=keys["npy"], state_key=keys["state"], record_key=keys["json"])
+            self.storage.put_bytes(keys["json"], SegmentRecord(record.segment, moved).to_json(), "application/json")
+            entries.append(entry)
+            activity.heartbeat(f"window {i + 1} kept")
+        return windows, entries
 
     @activity.defn(name="unpublish_track")
     def unpublish_track(self, prefix: str) -> int:

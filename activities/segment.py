@@ -43,7 +43,8 @@ class SegmentActivities:
             t0 = time.perf_counter()
             try:
                 result = engine.generate(
-                    WindowRequest(seg.text, seg.seed, seg.n_frames, seg.context_frames, job.sampling, handoff),
+                    WindowRequest(seg.text, seg.seed, seg.n_frames, seg.context_frames, job.sampling, handoff,
+                                  index=seg.index, reroll=job.reroll),
                     on_step,
                 )
             except TransientEngineError as e:
@@ -70,6 +71,7 @@ class SegmentActivities:
                 attempt=info.attempt,
                 details=result.details,
                 record_key=record_key,
+                reroll=job.reroll,
             )
             self.storage.put_bytes(record_key, SegmentRecord(seg, outcome).to_json(), "application/json")
         return outcome

@@ -1,4 +1,4 @@
-"""`longsong` command line: dev stack, generate, status, cancel, list, download, verify.
+"""`longsong` command line: dev stack, generate, extend, regenerate, status, cancel, list, download, verify.
 
 Exit codes (the same for every command):
   0    success
@@ -16,29 +16,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import signal
 import sys
 from dataclasses import asdict
 from datetime import timedelta
-from pathlib import Path
 
 from longsong import __version__
+from longsong.cli_local import (
+    EXIT_BAD_INPUT,
+    EXIT_ERROR,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_NO_SONG,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    CliError,
+    dev_command,
+    print_json,
+    verify_command,
+)
 from longsong.cli_progress import activity_line, wait_with_bar
 from longsong.process import exit_process
 from longsong.request import FORMATS, InvalidRequest, Section, SongRequest
 from longsong.settings import Settings, SettingsError
-
-EXIT_OK, EXIT_NOT_FOUND_MARK, EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_FAILED, EXIT_NO_SONG = 0, 1, 2, 3, 4, 5
-EXIT_INTERRUPTED = 130
-EXIT_ERROR = 1
-
-
-class CliError(Exception):
-    def __init__(self, message: str, code: int = EXIT_BAD_INPUT):
-        super().__init__(message)
-        self.code = code
-
 
 class Parser(argparse.ArgumentParser):
     """Usage errors as one line with a --help hint (exit 2), not argparse's usage block."""
@@ -77,6 +77,12 @@ def _connection_options(p: argparse.ArgumentParser, default) -> None:
     p.add_argument("--namespace", default=default, help="Temporal namespace (default: TEMPORAL_NAMESPACE or 'default')")
 
 
+def _follow_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", action="store_true", help="show progress and download when done (Ctrl-C detaches)")
+    p.add_argument("--output", default="out", help="download folder with --wait (default ./out)")
+    p.add_argument("--json", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="longsong", description="Full-length AI songs on Temporal.",
                epilog="exit codes: 0 ok, 1 watermark not found, 2 bad input or usage, 3 server unreachable, "
@@ -110,9 +116,27 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--user", default="anonymous")
     g.add_argument("--request-id", help="the song's id: the same request again attaches to it; a different "
                                         "request under a used id is an error")
-    g.add_argument("--wait", action="store_true", help="show progress and download when done (Ctrl-C detaches)")
-    g.add_argument("--output", default="out", help="download folder with --wait (default ./out)")
-    g.add_argument("--json", action="store_true")
+    g.add_argument("--max-rerolls", default=2, help="quality gate: re-rolls of a failing window, 0-5 (0: no gate)")
+    _follow_options(g)
+
+    e = command("extend", "a new song continuing a finished one (its windows reused as they are)")
+    e.add_argument("id", help="the finished song to continue")
+    e.add_argument("--duration", required=True, help="seconds to add after the continuation point")
+    e.add_argument("--from", dest="from_s", help="continue from the last window end at or before this time (s)")
+    e.add_argument("--section", action="append", default=[], metavar="START:PROMPT",
+                   help="START in seconds from the continuation point")
+    e.add_argument("--outro", action="store_true", help="end the extension with an outro")
+    r = command("regenerate", "a new song keeping a finished one's first windows and making the rest anew")
+    r.add_argument("id", help="the finished song to redo")
+    r.add_argument("--from-window", required=True, help="first window made anew (0-based; 1 keeps window 0)")
+    r.add_argument("--section", action="append", default=None, metavar="START:PROMPT",
+                   help="sections of the whole song (default: the parent's)")
+    for cmd in (e, r):
+        cmd.add_argument("--seed")
+        cmd.add_argument("--user", default="anonymous")
+        cmd.add_argument("--request-id")
+        cmd.add_argument("--max-rerolls")
+        _follow_options(cmd)
 
     s = command("status", "progress and result of a song")
     s.add_argument("id")
@@ -140,16 +164,12 @@ def _request(a: argparse.Namespace) -> SongRequest:
     fields = dict(prompt=a.prompt, duration_s=_number(a.duration), engine=a.engine, model=a.model,
                   seed=_number(a.seed), sections=[_section(i, t) for i, t in enumerate(a.section)],
                   bpm=_number(a.bpm), key=a.key, genre=a.genre, mood=a.mood, loudness_lufs=_number(a.loudness),
-                  true_peak_dbtp=_number(a.true_peak), user_id=a.user)
+                  true_peak_dbtp=_number(a.true_peak), user_id=a.user, max_rerolls=_number(a.max_rerolls))
     if a.formats:
         fields["formats"] = a.formats
     if a.request_id is not None:
         fields["request_id"] = a.request_id
     return SongRequest(**fields)
-
-
-def _print_json(obj: object) -> None:
-    print(json.dumps(obj, indent=2, default=str))
 
 
 async def _client(a: argparse.Namespace, settings: Settings):
@@ -164,14 +184,32 @@ async def _generate(a: argparse.Namespace, settings: Settings) -> int:
     req = _request(a)
     validate(req)  # before connecting: bad input never needs a server
     lc = await _client(a, settings)
-    handle = await lc.submit(req)
+    return await _follow(a, lc, await lc.submit(req))
+
+
+async def _derived(a: argparse.Namespace, settings: Settings) -> int:
+    """extend / regenerate: the parent is checked by the client before anything starts."""
+    options = {"seed": _number(a.seed), "request_id": a.request_id, "max_rerolls": _number(a.max_rerolls)}
+    if a.section is not None:
+        options["sections"] = [_section(i, t) for i, t in enumerate(a.section)]
+    lc = await _client(a, settings)
+    if a.command == "extend":
+        handle = await lc.extend(a.id, _number(a.duration), user_id=a.user, from_s=_number(a.from_s),
+                                 outro=a.outro, **options)
+    else:
+        handle = await lc.regenerate(a.id, _number(a.from_window), user_id=a.user, **options)
+    return await _follow(a, lc, handle)
+
+
+async def _follow(a: argparse.Namespace, lc, handle) -> int:
+    """Say what was started; with --wait follow it to the end and download the files."""
     a.song_id = handle.workflow_id  # from here on Ctrl-C detaches
     if not a.json:
         verb = f"attached to existing ({handle.status})" if handle.attached else "submitted"
         print(f"{verb} song {handle.workflow_id}\nWeb UI: {handle.ui_url}", file=sys.stderr)
     if not a.wait:
         if a.json:
-            _print_json({"workflow_id": handle.workflow_id, "status": handle.status, "attached": handle.attached,
+            print_json({"workflow_id": handle.workflow_id, "status": handle.status, "attached": handle.attached,
                          "ui_url": handle.ui_url})
         return EXIT_OK
     result = await wait_with_bar(lc, handle.workflow_id, quiet=a.json)
@@ -187,15 +225,22 @@ async def _generate(a: argparse.Namespace, settings: Settings) -> int:
         "loudness_lufs": result.loudness_lufs,
         "true_peak_dbtp": result.true_peak_dbtp,
         "watermark_id": result.watermark_id,
+        "quality": result.quality,
+        "parent_id": result.parent_id,
         "files": {name: str(path.resolve()) for name, path in files.items()},
         "timings": result.timings,
         "ui_url": handle.ui_url,
     }
     if a.json:
-        _print_json(summary)
+        print_json(summary)
     else:
         print(f"done: {result.duration_s:.1f} s, {result.loudness_lufs:.1f} LUFS, "
               f"{result.true_peak_dbtp:.1f} dBTP, engine {result.engine} ({result.model}), seed {result.seed}")
+        rerolls = sum(w.rerolls for w in result.windows if not w.inherited)
+        flagged = [str(w.index) for w in result.windows if not w.passed]
+        print(f"quality gate: {result.quality}" + (f", {rerolls} re-roll(s)" if result.quality != "off" else "")
+              + (f", flagged windows {', '.join(flagged)}" if flagged else "")
+              + (f"; continues song {result.parent_id}" if result.parent_id else ""))
         for name, path in summary["files"].items():
             print(f"  {name:9s} {path}")
     return EXIT_OK
@@ -234,7 +279,7 @@ async def _status(a: argparse.Namespace, settings: Settings) -> int:
     if a.links:
         out["links"] = await lc.links(a.id, expiry) if status == "completed" else {}
     if a.json:
-        _print_json(out)
+        print_json(out)
     else:
         eta = f", ETA {p.eta_s:.0f} s" if p.eta_s else ""
         note = activity_line(p)
@@ -264,7 +309,7 @@ async def _list(a: argparse.Namespace, settings: Settings) -> int:
     lc = await _client(a, settings)
     songs = await lc.list(user_id=a.user, limit=a.limit)
     if a.json:
-        _print_json([asdict(s) for s in songs])
+        print_json([asdict(s) for s in songs])
         return EXIT_OK
     for s in songs:
         started = s.started_at.strftime("%Y-%m-%d %H:%M") if s.started_at else "?"
@@ -281,48 +326,8 @@ async def _download(a: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _verify(a: argparse.Namespace, settings: Settings) -> int:
-    from longsong.audio.encode import FfmpegError, decode
-    from longsong.audio.watermark import detect
-
-    path = Path(a.file)
-    if path.is_dir():
-        raise CliError(f"file: {a.file} is a directory, not an audio file")
-    if not path.is_file():
-        raise CliError(f"file: {a.file} does not exist")
-    try:
-        audio, sr = decode(a.file)
-    except FfmpegError as e:
-        raise CliError(f"file: {a.file} is not audio ffmpeg can decode ({str(e).splitlines()[0]})") from None
-    if audio.size == 0:
-        raise CliError(f"file: {a.file} holds no audio samples")
-    d = detect(audio, sr, settings.watermark_secret)
-    if a.json:
-        _print_json({"file": a.file, "found": d.found, "watermark_id": d.track_id, "confidence": d.confidence})
-    elif d.found:
-        print(f"found: watermark id {d.track_id} (0x{d.track_id:08x}), confidence {d.confidence:.2f}")
-    else:
-        print(f"not found (confidence {d.confidence:.2f})")
-    return EXIT_OK if d.found else EXIT_NOT_FOUND_MARK
-
-
-def _dev(a: argparse.Namespace, settings: Settings) -> int:
-    from longsong import devstack
-
-    if a.action == "up":
-        devstack.up(settings)
-        print(f"local stack up: Temporal at {devstack.address(settings)}, Web UI {settings.web_ui}, "
-              f"data in {settings.home}")
-    elif a.action == "down":
-        stopped = devstack.down(settings)
-        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
-    for svc in devstack.services(settings) if a.action != "down" else []:
-        state = f"running (pid {svc.pid})" if svc.alive else "stopped"
-        print(f"  {svc.name:11s} {state:22s} log {svc.log}")
-    return EXIT_OK
-
-
-COMMANDS = {"generate": _generate, "status": _status, "cancel": _cancel, "list": _list, "download": _download}
+COMMANDS = {"generate": _generate, "extend": _derived, "regenerate": _derived, "status": _status, "cancel": _cancel,
+            "list": _list, "download": _download}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -354,9 +359,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env()
         if args.command == "dev":
-            return _dev(args, settings)
+            return dev_command(args, settings)
         if args.command == "verify":
-            return _verify(args, settings)
+            return verify_command(args, settings)
         return asyncio.run(COMMANDS[args.command](args, settings))
     except KeyboardInterrupt:
         song = getattr(args, "song_id", None)

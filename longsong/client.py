@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Awaitable, Callable, Iterator
 
 from temporalio.api.common.v1 import WorkflowExecution
-from temporalio.api.enums.v1 import PendingActivityState, WorkflowExecutionStatus
-from temporalio.api.workflow.v1 import PendingActivityInfo
+from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.api.workflowservice.v1 import GetWorkflowExecutionHistoryRequest
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowFailureError, WorkflowHandle
 from temporalio.common import (
@@ -33,15 +32,13 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from longsong.atomic import replacing
+from longsong.pending import merge_pending, one_line
 from longsong.request import ID_PATTERN, InvalidRequest, SongRequest, validate
 from longsong.settings import MAX_LINK_EXPIRY, Settings
 from longsong.workflows.messages import ENGINE, STAGE, USER, Progress, SongJob, SongResult, Timing
 from longsong.workflows.song import SongWorkflow
 
 CLOSED_STAGES = ("done", "failed", "cancelled")
-# A running activity silent this long shows as stalled (no ETA): heartbeats reach the server at least every
-# 2 s while an engine steps (longsong.worker.HEARTBEAT_THROTTLE).
-STALE_HEARTBEAT_S = 10.0
 
 
 class SongFailed(RuntimeError):
@@ -116,15 +113,10 @@ def _status_name(status: WorkflowExecutionStatus.ValueType | None) -> str:
     return WorkflowExecutionStatus.Name(status).removeprefix("WORKFLOW_EXECUTION_STATUS_").lower()
 
 
-def _one_line(text: str, limit: int = 200) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def _root_cause(err: BaseException) -> str:
     while err.__cause__ is not None:
         err = err.__cause__
-    return _one_line(str(err)) if str(err) else type(err).__name__
+    return one_line(str(err)) if str(err) else type(err).__name__
 
 
 def check_user_id(user_id: object) -> str:
@@ -150,30 +142,6 @@ def _request_differences(wanted: SongRequest, existing: SongRequest) -> list[str
     except InvalidRequest:
         pass
     return [f.name for f in fields(SongRequest) if getattr(wanted, f.name) != getattr(existing, f.name)]
-
-
-def _ts(stamp) -> datetime | None:
-    return stamp.ToDatetime(tzinfo=timezone.utc) if stamp.seconds or stamp.nanos else None
-
-
-def merge_pending(p: Progress, pending: PendingActivityInfo, now: datetime) -> Progress:
-    """Add the running activity's attempt, last failure and heartbeat age to `p`; a retried or silent
-    activity makes the ETA unknown (the window timings it is computed from no longer hold)."""
-    p.activity = pending.activity_type.name
-    p.attempt = pending.attempt or 1
-    p.max_attempts = pending.maximum_attempts or None
-    p.last_failure = _one_line(pending.last_failure.message) if pending.HasField("last_failure") else None
-    if p.activity == "generate_segment":
-        p.window = p.segments_done + 1  # windows run one after another
-    if pending.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED:
-        seen = [t for t in (_ts(pending.last_heartbeat_time), _ts(pending.last_started_time)) if t is not None]
-        if seen:
-            p.heartbeat_age_s = max(0.0, (now - max(seen)).total_seconds())
-    p.retrying = p.attempt > 1 or p.last_failure is not None
-    p.stalled = p.heartbeat_age_s is not None and p.heartbeat_age_s > STALE_HEARTBEAT_S
-    if p.retrying or p.stalled:
-        p.eta_s = None
-    return p
 
 
 class LongsongClient:
@@ -206,7 +174,7 @@ class LongsongClient:
                 raise SongNotFound(f"no song {workflow_id} in namespace {self.client.namespace}") from None
             if e.status == RPCStatusCode.UNAVAILABLE:
                 raise ConnectionError(f"lost the Temporal server at {self.client.service_client.config.target_host}: "
-                                      f"{_one_line(e.message)}") from None
+                                      f"{one_line(e.message)}") from None
             raise
 
     async def _describe(self, workflow_id: str) -> WorkflowExecutionDescription:
@@ -273,6 +241,41 @@ class LongsongClient:
                 raise
             return existing
         return SongHandle(handle.id, handle.result_run_id, link, False, "running")
+
+    async def extend(self, parent_id: str, duration_s: float, *, user_id: str = "anonymous", **options) -> SongHandle:
+        """A new song (new id, `parent` in its manifest) that reuses the parent's windows as they are and adds
+        `duration_s` seconds from its end, or from the last window end at or before `from_s`. Options:
+        from_s, sections (times from the continuation point), outro, seed, request_id, max_rerolls."""
+        return await self.submit(await self._derive("extend", parent_id, user_id, duration_s=duration_s, **options))
+
+    async def regenerate(self, parent_id: str, from_window: int, *, user_id: str = "anonymous",
+                         **options) -> SongHandle:
+        """A new song keeping the parent's windows 0..from_window-1 and generating the rest anew. Options:
+        seed (default: a new one), sections (default: the parent's), request_id, max_rerolls."""
+        return await self.submit(await self._derive("regenerate", parent_id, user_id, from_window=from_window,
+                                                    **options))
+
+    async def _derive(self, operation: str, parent_id: str, user_id: str, **options) -> SongRequest:
+        """Check the parent (exists, finished, this user's, kept its windows), then build the derived request;
+        every problem is a one-line ParentError/InvalidRequest and nothing is started."""
+        from longsong.lineage import ParentError, derive, read_manifest
+
+        check_user_id(user_id)
+        if not isinstance(parent_id, str) or not ID_PATTERN.fullmatch(parent_id):
+            raise ParentError("parent_id", f"must match [A-Za-z0-9_-]{{1,64}}, got {parent_id!r}")
+        try:
+            status = await self.status(parent_id)
+        except SongNotFound:
+            raise ParentError("parent_id", f"no song {parent_id} in namespace {self.client.namespace}") from None
+        if status != "completed":
+            raise ParentError("parent_id", f"song {parent_id} is {status}, not finished: only a completed song "
+                                           f"can be extended or redone")
+        owner = (await self.result(parent_id)).user_id
+        if owner != user_id:
+            raise ParentError("parent_id", f"song {parent_id} belongs to another user than {user_id}")
+        storage = await self.storage()
+        manifest = await asyncio.to_thread(read_manifest, storage, user_id, parent_id)
+        return derive(operation, manifest, user_id=user_id, **options)
 
     async def progress(self, workflow_id: str) -> Progress:
         """The workflow's progress aged to this clock, with the running activity's attempt, last failure and

@@ -25,8 +25,10 @@ def track_tags(req: SongRequest, engine: str, model: str) -> dict[str, str]:
 
 
 def build_manifest(job: FinishJob, plan: Plan, outcomes: list[SegmentOutcome], m: Mastered,
-                   files: dict[str, StoredFile], finish_timings: dict[str, float], worker: str) -> bytes:
-    """Everything needed to tell how this track was made: request, seeds, plan, engine, DSP figures."""
+                   files: dict[str, StoredFile], finish_timings: dict[str, float], worker: str,
+                   windows: list[dict]) -> bytes:
+    """Everything needed to tell how this track was made: request, seeds, plan, engine, DSP figures, each
+    window's gate verdicts and kept files (`windows`), and the song it was derived from (`parent`)."""
     first = outcomes[0]
     manifest = {
         "generator": f"longsong {__version__}",
@@ -59,6 +61,16 @@ def build_manifest(job: FinishJob, plan: Plan, outcomes: list[SegmentOutcome], m
                 for s, o in zip(plan.segments, outcomes)
             ],
         },
+        "windows": windows,
+        "quality": {
+            "gate": "on" if job.max_rerolls else "off",
+            "max_rerolls": job.max_rerolls,
+            "status": ("off" if not job.max_rerolls else
+                       "flagged" if any(not q.passed for q in job.quality) else "passed"),
+            "flagged_windows": [q.index for q in job.quality if not q.passed],
+            "rerolls": sum(q.rerolls for q in job.quality if not q.inherited),
+        },
+        "parent": asdict(job.parent) if job.parent else None,
         "seams": [asdict(s) for s in m.seams],
         "loudness": {
             "before_lufs": m.loudness_before_lufs,

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from longsong.frames import FRAME_RATE
-from longsong.request import Section, SongRequest
+from longsong.request import InvalidRequest, Section, SongRequest
 
 OUTRO_TEXT = "outro, ending, final cadence"
 
@@ -83,25 +83,30 @@ def section_prompt_at(sections: list[Section], t: float) -> str:
     return current
 
 
-def make_plan(req: SongRequest, seed: int) -> Plan:
+def make_plan(req: SongRequest, seed: int, kept: list[Segment] | tuple[Segment, ...] = ()) -> Plan:
     """The windows for a validated request. Segment 0 is text-only; segment i >= 1 re-generates
-    the last `overlap_s` of segment i-1 as context and adds up to segment_s - overlap_s new."""
+    the last `overlap_s` of segment i-1 as context and adds up to segment_s - overlap_s new.
+    `kept`: the first windows, reused as they are from the song this one extends or redoes; the
+    plan continues from the end of the last of them."""
     window = round(req.segment_s * FRAME_RATE)
     overlap = round(req.overlap_s * FRAME_RATE)
-    stride = window - overlap
     total = math.ceil(round(req.duration_s * FRAME_RATE, 6))  # whole frames covering the track
-    n = 1 + max(0, -(-(total - window) // stride))
     style = style_text(req)
-    segments = []
-    for i in range(n):
-        start = 0 if i == 0 else i * stride
+    segments = list(kept)
+    if segments and segments[-1].start_frame + segments[-1].n_frames >= total:
+        end = segments[-1].start_frame + segments[-1].n_frames
+        raise InvalidRequest("duration_s", f"must reach past the kept windows' end ({end / FRAME_RATE:g} s), "
+                                           f"got {req.duration_s:g}")
+    while not segments or segments[-1].start_frame + segments[-1].n_frames < total:
+        i = len(segments)
+        start = 0 if i == 0 else segments[-1].start_frame + segments[-1].n_frames - overlap
         n_frames = min(window, total - start)
         context = 0 if i == 0 else overlap
         new_start_s = (start + context) / FRAME_RATE
-        if req.sections:
-            section = section_prompt_at(req.sections, new_start_s)
-        else:
-            section = OUTRO_TEXT if (i == n - 1 and n > 1) else ""
+        section = section_prompt_at(req.sections, new_start_s) if req.sections else ""
+        last = start + n_frames >= total
+        if last and (req.outro or (req.outro is None and not req.sections and i > 0)):
+            section = f"{section}, {OUTRO_TEXT}" if section else OUTRO_TEXT
         text = f"{style}, {section}" if section else style
         segments.append(Segment(i, start, n_frames, context, text, section, segment_seed(seed, i)))
     xfade = max(1, min(overlap, round(req.crossfade_s * FRAME_RATE)))

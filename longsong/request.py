@@ -17,7 +17,9 @@ from longsong.engines import ENGINE_NAMES
 # Revision 2 (a patched workflow; revision 1 is kept for histories that replay through it): ids match
 # as a whole string, texts reject control characters, ANSI escapes, lone surrogates and invisible-only
 # values, and wrong types (key, sections) name the field instead of raising AttributeError/TypeError.
-VALIDATION_REVISION = 2
+# Revision 3 (the quality-gate patch): max_rerolls, outro, parent_id and keep_windows are checked.
+VALIDATION_REVISION = 3
+MAX_REROLLS = 5
 
 FORMATS = ("wav", "flac", "mp3", "opus")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -86,6 +88,10 @@ class SongRequest:
     true_peak_dbtp: float = -1.0
     user_id: str = "anonymous"
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    max_rerolls: int = 2  # quality gate: re-rolls of a failing window (0: no gate)
+    outro: bool | None = None  # outro text on the last window: None as before (only without sections)
+    parent_id: str | None = None  # extend/regenerate: the song whose first `keep_windows` windows are reused
+    keep_windows: int | None = None
 
 
 def _bound(x: float) -> str:
@@ -189,8 +195,27 @@ def validate(req: SongRequest, revision: int = VALIDATION_REVISION) -> SongReque
         if not isinstance(value, str) or not id_matches(value):
             raise InvalidRequest(name, f"must match [A-Za-z0-9_-]{{1,64}}, got {value!r}")
     sections = _sections(req.sections, req.duration_s, revision)
+    if revision >= 3:
+        _derived(req)
     return replace(req, prompt=prompt, genre=genre, mood=mood, key=key, formats=formats,
                    sections=sections)
+
+
+def _derived(req: SongRequest) -> None:
+    """Revision 3 fields: the gate and the parent reference (checked against the parent when loaded)."""
+    _number("max_rerolls", req.max_rerolls, 0, MAX_REROLLS, integer=True)
+    if not (req.outro is None or isinstance(req.outro, bool)):
+        raise InvalidRequest("outro", f"must be true, false or null (as before: only without sections), "
+                             f"got {req.outro!r}")
+    if req.parent_id is None:
+        if req.keep_windows is not None:
+            raise InvalidRequest("keep_windows", "needs parent_id (the song whose windows are kept)")
+        return
+    if not isinstance(req.parent_id, str) or not ID_PATTERN.fullmatch(req.parent_id):
+        raise InvalidRequest("parent_id", f"must match [A-Za-z0-9_-]{{1,64}}, got {req.parent_id!r}")
+    if req.parent_id == req.request_id:
+        raise InvalidRequest("parent_id", f"must name another song than this one ({req.request_id})")
+    _number("keep_windows", req.keep_windows, 1, 64, integer=True)
 
 
 def _sections(sections: object, duration_s: float, revision: int) -> list[Section]:

@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from longsong.analysis.report import Thresholds
 from longsong.engines import ENGINE_NAMES
 
 DEV_WATERMARK_KEY = "longsong-dev-watermark-key"
@@ -204,6 +205,11 @@ class Settings:
     @property
     def web_ui(self) -> str:
         return self.ui_url or f"http://localhost:{self.dev_ui_port}"
+
+    @property
+    def thresholds(self) -> Thresholds:
+        """The quality gate's limits (LONGSONG_GATE_*)."""
+        return Thresholds()
 
     @property
     def watermark_secret(self) -> bytes:

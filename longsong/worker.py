@@ -66,14 +66,17 @@ def build_worker(kind: Kind, client: Client, settings: Settings, storage: Storag
             deployment_config=deployment,
         )
     from longsong.activities.finish import FinishActivities
+    from longsong.activities.quality import QualityActivities
     from longsong.workflows import SongWorkflow
 
     acts = FinishActivities(storage, settings)
+    gate = QualityActivities(storage, settings)
     return Worker(
         client,
         task_queue=settings.cpu_queue,
         workflows=[SongWorkflow],
-        activities=[acts.finish_song, acts.cleanup_scratch, acts.unpublish_track],
+        activities=[acts.finish_song, acts.cleanup_scratch, acts.unpublish_track, gate.analyze_window,
+                    gate.load_parent],
         activity_executor=ThreadPoolExecutor(settings.cpu_concurrency, thread_name_prefix="post"),
         max_concurrent_activities=settings.cpu_concurrency,
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,

@@ -119,7 +119,7 @@ def test_revision_1_keeps_its_crashes(changes, error):
 
 
 def test_default_is_the_newest_revision():
-    assert VALIDATION_REVISION == 2
+    assert VALIDATION_REVISION == 3
     with pytest.raises(InvalidRequest, match="request_id"):
         validate(SongRequest(prompt="ok", request_id="abc\n"))
 

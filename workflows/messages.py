@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from temporalio.common import SearchAttributeKey
 
+from longsong.analysis.report import Measure
 from longsong.plan import Plan, Segment
 from longsong.request import Sampling, SongRequest
 from longsong.settings import Settings
@@ -31,9 +32,16 @@ def scratch_prefix(request_id: str) -> str:
     return f"work/{request_id}/"
 
 
-def segment_key(request_id: str, index: int, kind: str) -> str:
-    """Scratch key of a window's `npy` audio, `state` (hand-off) or `json` record."""
-    return f"{scratch_prefix(request_id)}seg-{index:03d}.{kind}"
+def segment_key(request_id: str, index: int, kind: str, reroll: int = 0) -> str:
+    """Scratch key of a window's `npy` audio, `state` (hand-off), `json` record, `features` or `quality`
+    report; a re-roll has its own (`seg-003.r1.npy`)."""
+    return f"{scratch_prefix(request_id)}seg-{index:03d}{f'.r{reroll}' if reroll else ''}.{kind}"
+
+
+def window_key(track: str, index: int, kind: str) -> str:
+    """Where a finished song keeps window `index`'s audio, hand-off state, record, features and quality report
+    (`audio/u/r/windows/seg-003.state`): a later song extends or redoes it from there."""
+    return f"{track}windows/seg-{index:03d}.{kind}"
 
 
 def attempt_key(key: str, attempt: int) -> str:
@@ -61,6 +69,7 @@ class SegmentJob:
     record_key: str  # where the SegmentRecord goes
     write_once: bool = False  # each attempt writes under its own keys (songs started before this was False)
     model_version: str | None = None  # the revision every window of the song must use (pinned after window 0)
+    reroll: int = 0  # the quality gate's re-roll (its seed is already derived into segment.seed)
 
 
 @dataclass
@@ -79,6 +88,75 @@ class SegmentOutcome:
     attempt: int
     details: dict[str, str] = field(default_factory=dict)  # engine-specific facts for metadata
     record_key: str = ""  # where its SegmentRecord is ("" from workers before write-once keys: segment_key's)
+    reroll: int = 0  # the quality gate's re-roll this attempt belongs to
+
+
+@dataclass
+class AnalyzeJob:
+    """Judge one generated window (its new part) against the song so far: CPU task queue."""
+
+    request_id: str
+    index: int
+    reroll: int
+    audio_key: str  # the window's audio (context included; the activity cuts it off)
+    context_frames: int
+    new_start_s: float  # track time where the window's new part starts
+    sample_rate: int
+    bpm: float | None  # what the request asked for
+    key: str | None
+    history: list[str]  # features keys of the song's kept earlier windows, in order
+    features_key: str  # where this window's features go
+    report_key: str  # where its full report (every measure) goes
+
+
+@dataclass
+class WindowVerdict:
+    """What the workflow decides on (the full report stays in the store under report_key)."""
+
+    index: int
+    reroll: int
+    passed: bool
+    score: float
+    failed: list[str]  # names of the failing measures
+    note: str  # the failing measures' notes, one line ("" when passed)
+    features_key: str
+    report_key: str
+    analyze_s: float
+    measures: list[Measure] = field(default_factory=list)
+
+
+@dataclass
+class WindowQuality:
+    """One window's gate outcome, in the progress query and the result."""
+
+    index: int
+    rerolls: int  # re-rolls made (0: the first try was kept or the gate is off)
+    kept: int  # which attempt (re-roll number) the song uses
+    passed: bool  # False: every attempt failed, the best-scoring one is kept and the song flagged
+    score: float
+    failed: list[str]
+    inherited: bool = False  # reused from the parent song as it is
+
+
+@dataclass
+class ParentJob:
+    """Load the kept windows of the song this one extends or redoes (checked again at start)."""
+
+    user_id: str
+    parent_id: str
+    keep: int  # windows 0..keep-1 are reused
+
+
+@dataclass
+class ParentWindows:
+    segments: list[Segment]  # the parent's plan segments of the kept windows
+    records: list[str]  # their SegmentRecord keys in the parent's track folder
+    states: list[str]  # their hand-off state keys
+    features: list[str]  # their features keys ("" where the parent stored none)
+    reports: list[str]  # their quality report keys ("" where none)
+    quality: list[WindowQuality]  # as the parent judged them
+    model: str  # the parent's model and revision: the new windows must use the same
+    model_version: str
 
 
 @dataclass
@@ -111,6 +189,13 @@ class SeamReport:
 
 
 @dataclass
+class Lineage:
+    request_id: str  # the parent song
+    kept_windows: int  # its windows 0..kept_windows-1 are reused as they are
+    from_s: float  # where the new music starts (the end of the last kept window)
+
+
+@dataclass
 class FinishJob:
     """Everything the CPU stage needs, by key where it grows with the song: each window's
     SegmentRecord (its segment of the plan and its outcome) is read from the store."""
@@ -122,6 +207,12 @@ class FinishJob:
     watermark_id: int
     started_at: str  # ISO time the workflow started
     stage_timings: dict[str, float]
+    quality: list[WindowQuality] = field(default_factory=list)  # per window, in plan order ([]: gate off)
+    features: list[str] = field(default_factory=list)  # kept windows' features keys ("" where none)
+    reports: list[str] = field(default_factory=list)  # kept windows' report keys ("" where none)
+    rejected: list[list[str]] = field(default_factory=list)  # per window, reports of the attempts not kept
+    parent: Lineage | None = None  # the song this one extends or redoes
+    max_rerolls: int = 0
 
 
 @dataclass
@@ -199,6 +290,8 @@ class Progress:
     heartbeat_age_s: float | None = None  # since the running attempt's last heartbeat (or start)
     retrying: bool = False  # attempt > 1 or a last failure: no ETA
     stalled: bool = False  # no heartbeat for a while (its worker may be gone): no ETA
+    windows: list[WindowQuality] = field(default_factory=list)  # the gate's verdicts so far
+    rerolls: int = 0  # re-rolls made so far, all windows
 
 
 @dataclass
@@ -215,3 +308,6 @@ class SongResult:
     watermark_id: int
     files: dict[str, str]  # format (and "metadata", "waveform") -> object key
     timings: dict[str, float]
+    quality: str = "off"  # "passed", "flagged" (some window failed every attempt) or "off" (no gate)
+    windows: list[WindowQuality] = field(default_factory=list)
+    parent_id: str | None = None

@@ -15,8 +15,15 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from longsong.plan import Plan, make_plan
-    from longsong.request import InvalidRequest, Sampling, SongRequest, validate
+    from longsong.workflows.gate import (
+        KeptWindow,
+        analyze_job,
+        decided,
+        keep,
+        reroll_summary,
+        unjudged,
+        window_job,
+    )
     from longsong.workflows.messages import (
         ENGINE,
         NON_RETRYABLE_ERRORS,
@@ -25,15 +32,24 @@ with workflow.unsafe.imports_passed_through():
         USER,
         FinishJob,
         FinishOutcome,
+        Lineage,
+        ParentJob,
+        ParentWindows,
         Progress,
         SegmentJob,
         SegmentOutcome,
         SongJob,
         SongResult,
         Timing,
+        WindowQuality,
+        WindowVerdict,
         segment_key,
         track_prefix,
     )
+
+    from longsong.frames import FRAME_RATE
+    from longsong.plan import Plan, Segment, make_plan
+    from longsong.request import InvalidRequest, Sampling, SongRequest, validate
 
 SEGMENT_TIMEOUT = timedelta(minutes=30)
 CPU_TIMEOUT = timedelta(minutes=10)
@@ -42,6 +58,10 @@ FINISHING_ESTIMATE_S = 5.0  # ETA allowance for the CPU stage before it has run
 # Songs started from this patch on: stricter validation, cancel always wins, best-effort cleanup, write-once
 # windows, one model per song. Histories recorded before it replay the old way.
 CONTROL_PLANE_PATCH = "control-plane-2"
+# Songs started from this patch on: each window is judged on the CPU queue (while the next one already
+# generates) and re-rolled when it fails; songs can extend or redo a parent's windows. Validation revision 3.
+QUALITY_GATE_PATCH = "quality-gate-1"
+ANALYZE_TIMEOUT = timedelta(minutes=5)
 
 
 def retry_policy(timing: Timing) -> RetryPolicy:
@@ -63,6 +83,10 @@ class SongWorkflow:
         self._total = 0
         self._started: datetime | None = None
         self._segment_s: list[float] = []
+        self._inflight: list[workflow.ActivityHandle] = []
+        self._windows: list[WindowQuality] = []  # the gate's verdict of each kept window, in order
+        self._rerolls = 0
+        self._gate_note = ""  # the last re-roll, for the Web UI details
 
     @workflow.run
     async def run(self, job: SongJob) -> SongResult:
@@ -71,26 +95,46 @@ class SongWorkflow:
         self._retry = retry_policy(job.timing)
         self._heartbeat = timedelta(seconds=job.timing.heartbeat_timeout_s)
         self._v2 = workflow.patched(CONTROL_PLANE_PATCH)
+        self._v3 = self._v2 and workflow.patched(QUALITY_GATE_PATCH)
         try:
-            req = validate(job.request, revision=2 if self._v2 else 1)
+            req = validate(job.request, revision=3 if self._v3 else 2 if self._v2 else 1)
         except InvalidRequest as e:
             self._stage = "failed"
             raise ApplicationError(str(e), type="InvalidRequest", non_retryable=True) from None
         seed = req.seed if req.seed is not None else workflow.random().randrange(2**31)
         watermark_id = workflow.random().getrandbits(32)
-        plan = make_plan(req, seed)
-        self._total = len(plan.segments)
         workflow.upsert_search_attributes([USER.value_set(req.user_id), ENGINE.value_set(req.engine)])
         track = track_prefix(req.user_id, req.request_id)
+        parent: ParentWindows | None = None
         try:
-            segments = await self._generate(req, plan)
+            if self._v3 and req.parent_id is not None:
+                parent = await self._run(
+                    "load_parent", ParentJob(req.user_id, req.parent_id, req.keep_windows or 0),
+                    result_type=ParentWindows, task_queue=job.cpu_queue, start_to_close_timeout=CPU_TIMEOUT,
+                    retry_policy=self._retry, summary=f"load windows 1-{req.keep_windows} of song {req.parent_id}")
+            try:
+                plan = make_plan(req, seed, parent.segments if parent else ())
+            except InvalidRequest as e:
+                raise ApplicationError(str(e), type="InvalidRequest", non_retryable=True) from None
+            self._total = len(plan.segments)
+            if self._v3:
+                kept = await self._generate_gated(req, plan, parent)
+                segments = [w.outcome for w in kept if w.outcome is not None]
+                records = [w.record_key for w in kept]
+            else:
+                segments = await self._generate(req, plan)
+                records = [o.record_key or segment_key(req.request_id, o.index, "json") for o in segments]
             t_gen = workflow.now()
             self._set_stage("finishing")
-            records = [o.record_key or segment_key(req.request_id, o.index, "json") for o in segments]
+            finish = FinishJob(req, seed, replace(plan, segments=[]), records, watermark_id, self._started.isoformat(),
+                               {"generation_s": (t_gen - self._started).total_seconds()})
+            if self._v3:
+                finish = replace(finish, quality=[w.quality for w in kept], features=[w.features_key for w in kept],
+                                 reports=[w.report_key for w in kept], rejected=[w.rejected for w in kept],
+                                 max_rerolls=req.max_rerolls, parent=self._lineage(req, plan, parent))
             finished: FinishOutcome = await self._run(
                 "finish_song",
-                FinishJob(req, seed, replace(plan, segments=[]), records, watermark_id, self._started.isoformat(),
-                          {"generation_s": (t_gen - self._started).total_seconds()}),
+                finish,
                 result_type=FinishOutcome,
                 task_queue=job.cpu_queue,
                 start_to_close_timeout=CPU_TIMEOUT,
@@ -116,8 +160,8 @@ class SongWorkflow:
         timings = {"total_s": total, "generation_s": generation, "finishing_s": finishing,
                    "orchestration_s": max(0.0, total - generation - finishing)}
         self._set_stage("done")
-        first, m = segments[0], finished.mastered
-        return SongResult(
+        first, m = segments[0], finished.mastered  # a derived song always generates at least one window
+        result = SongResult(
             request_id=req.request_id,
             user_id=req.user_id,
             status="completed",
@@ -131,6 +175,18 @@ class SongWorkflow:
             files={name: f.key for name, f in finished.files.items()},
             timings=timings,
         )
+        if self._v3:
+            result.windows = list(self._windows)
+            result.quality = ("off" if not req.max_rerolls else
+                              "flagged" if any(not w.passed for w in self._windows) else "passed")
+            result.parent_id = req.parent_id
+        return result
+
+    def _lineage(self, req: SongRequest, plan: Plan, parent: ParentWindows | None) -> Lineage | None:
+        if parent is None:
+            return None
+        last = parent.segments[-1]
+        return Lineage(req.parent_id or "", len(parent.segments), (last.start_frame + last.n_frames) / FRAME_RATE)
 
     async def _run(self, activity: str, arg, **options):
         """execute_activity where a cancel always wins: once the song is cancelled the running activity is asked
@@ -140,17 +196,120 @@ class SongWorkflow:
             if activity == "generate_segment":
                 options["cancellation_type"] = workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
             return await workflow.execute_activity(activity, arg, **options)
+        return await self._await(self._start(activity, arg, **options))
+
+    def _start(self, activity: str, arg, **options) -> workflow.ActivityHandle:
         options["cancellation_type"] = workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
         handle = workflow.start_activity(activity, arg, **options)
+        self._inflight.append(handle)
+        return handle
+
+    async def _await(self, handle: workflow.ActivityHandle, discard: bool = False):
+        """The handle's result. A song cancelled meanwhile asks every activity still in flight to stop and
+        waits for each (cleanup never races a speculative window). `discard`: cancel this one and wait for
+        its end, whatever it is (None)."""
+        if discard:
+            handle.cancel()
         try:
             return await asyncio.shield(handle)
         except asyncio.CancelledError:
-            handle.cancel()
-            try:
-                await handle
-            except Exception:  # noqa: BLE001 - its cancellation (or failure) changes nothing now
-                pass
+            if discard and handle.done():  # its own cancellation, not the song's
+                return None
+            for h in self._inflight:
+                h.cancel()
+            for h in list(self._inflight):
+                try:
+                    await h
+                except Exception:  # noqa: BLE001 - its cancellation (or failure) changes nothing now
+                    pass
             raise
+        except Exception:
+            if discard:
+                return None
+            raise
+        finally:
+            if handle in self._inflight:
+                self._inflight.remove(handle)
+
+    def _start_window(self, job: SegmentJob, why: str = "") -> workflow.ActivityHandle:
+        seg = job.segment
+        label = f"segment {seg.index + 1}/{job.total_segments}, {seg.start_s:.0f}–{seg.end_s:.0f} s"
+        if job.reroll:
+            label += f", re-roll {job.reroll} (seed {seg.seed}{': ' + why if why else ''})"
+        return self._start("generate_segment", job, result_type=SegmentOutcome, task_queue=self._job.gpu_queue,
+                           start_to_close_timeout=SEGMENT_TIMEOUT, heartbeat_timeout=self._heartbeat,
+                           retry_policy=self._retry, summary=label[:200])
+
+    def _start_analysis(self, req: SongRequest, seg: Segment, out: SegmentOutcome, history: list[str],
+                        reroll: int) -> workflow.ActivityHandle:
+        label = f"judge window {seg.index + 1}/{self._total}" + (f", re-roll {reroll}" if reroll else "")
+        return self._start("analyze_window", analyze_job(req, seg, out, history, reroll), result_type=WindowVerdict,
+                           task_queue=self._job.cpu_queue, start_to_close_timeout=ANALYZE_TIMEOUT,
+                           retry_policy=self._retry, summary=label)
+
+    async def _generate_gated(self, req: SongRequest, plan: Plan, parent: ParentWindows | None) -> list[KeptWindow]:
+        """Window i is judged on the CPU queue while window i+1 already generates from it; when i fails, i+1 is
+        discarded and i re-rolled from the same stored context (seed + re-roll). The song's model and revision
+        are fixed by its first generated window."""
+        self._set_stage("generating")
+        kept: list[KeptWindow] = []
+        if parent is not None:
+            for i, seg in enumerate(parent.segments):
+                q = replace(parent.quality[i], inherited=True) if i < len(parent.quality) else \
+                    WindowQuality(i, 0, 0, True, 1.0, [], inherited=True)
+                kept.append(KeptWindow(i, parent.records[i], parent.states[i], parent.features[i],
+                                       parent.reports[i], q))
+                self._windows.append(q)
+            self._done = len(kept)
+        segs = plan.segments
+        model, revision = (parent.model, parent.model_version) if parent else (req.model, None)
+        if len(kept) == len(segs):
+            return kept
+        first = segs[len(kept)]
+        running = self._start_window(window_job(req, plan, first, 0, kept[-1].state_key if kept else None,
+                                                model, revision))
+        attempts: list[tuple[SegmentOutcome, WindowVerdict]] = []
+        while True:
+            out: SegmentOutcome = await self._await(running)
+            seg = segs[out.index]
+            self._segment_s.append(out.generate_s)
+            if revision is None:
+                model, revision = out.model, out.model_version
+            nxt = segs[seg.index + 1] if seg.index + 1 < len(segs) else None
+            if not req.max_rerolls:
+                kept.append(unjudged(out))
+            else:
+                analysis = self._start_analysis(req, seg, out, [w.features_key for w in kept if w.features_key],
+                                                len(attempts))
+                speculative = self._start_window(window_job(req, plan, nxt, 0, out.state_key, model, revision)) \
+                    if nxt else None
+                verdict: WindowVerdict = await self._await(analysis)
+                attempts.append((out, verdict))
+                if not decided(attempts, req.max_rerolls):
+                    if speculative is not None:
+                        await self._await(speculative, discard=True)
+                    self._rerolls += 1
+                    self._gate_note = reroll_summary(seg.index, len(segs), verdict)
+                    self._set_stage("generating")
+                    running = self._start_window(
+                        window_job(req, plan, seg, len(attempts), kept[-1].state_key if kept else None,
+                                   model, revision), verdict.note or ", ".join(verdict.failed))
+                    continue
+                window = keep(attempts)
+                attempts = []
+                kept.append(window)
+                if speculative is not None and window.outcome is not out:  # it continued from a rejected attempt
+                    await self._await(speculative, discard=True)
+                    speculative = self._start_window(
+                        window_job(req, plan, nxt, 0, window.state_key, model, revision))
+                running = speculative
+            self._windows.append(kept[-1].quality)
+            self._done = seg.index + 1
+            self._set_stage("generating")
+            if nxt is None:
+                return kept
+            if not req.max_rerolls:
+                running = self._start_window(window_job(req, plan, nxt, 0, out.state_key, model, revision))
 
     async def _generate(self, req: SongRequest, plan: Plan) -> list[SegmentOutcome]:
         """Continuation is sequential: window i is conditioned on window i-1's stored hand-off. From the first
@@ -216,8 +375,15 @@ class SongWorkflow:
         if p.eta_s is not None and stage not in ("done", "failed", "cancelled"):
             # the details are a snapshot: say when it was taken (a retried window shows under pending activities)
             eta = f", ETA {p.eta_s:.0f} s as of {workflow.now():%H:%M:%S} UTC" if self._v2 else f", ETA {p.eta_s:.0f} s"
+        gate = ""
+        if self._v3 and self._windows:
+            flagged = [str(w.index + 1) for w in self._windows if not w.passed]
+            gate = f"  \nquality gate: {self._rerolls} re-roll{'s' * (self._rerolls != 1)}"
+            gate += f", flagged windows {', '.join(flagged)}" if flagged else ", every kept window passed"
+            if self._gate_note:
+                gate += f"  \nlast re-roll: {self._gate_note}"
         workflow.set_current_details(
-            f"**{stage}** · segments {p.segments_done}/{p.segments_total} · {p.percent}%{eta}")
+            f"**{stage}** · segments {p.segments_done}/{p.segments_total} · {p.percent}%{eta}{gate}")
 
     @workflow.query
     def progress(self) -> Progress:
@@ -237,4 +403,4 @@ class SongWorkflow:
         else:
             percent = int(90 * self._done / self._total) if self._total else 0
         return Progress(self._stage, self._done, self._total, elapsed, eta, percent,
-                        started.isoformat(), now.isoformat())
+                        started.isoformat(), now.isoformat(), windows=list(self._windows), rerolls=self._rerolls)

@@ -1,0 +1,64 @@
+"""The CLI's exit codes and errors, and the commands that need no Temporal server: `dev` and `verify`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from longsong.settings import Settings
+
+EXIT_OK, EXIT_NOT_FOUND_MARK, EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_FAILED, EXIT_NO_SONG = 0, 1, 2, 3, 4, 5
+EXIT_INTERRUPTED = 130
+EXIT_ERROR = 1
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_BAD_INPUT):
+        super().__init__(message)
+        self.code = code
+
+
+def print_json(obj: object) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def verify_command(a: argparse.Namespace, settings: Settings) -> int:
+    from longsong.audio.encode import FfmpegError, decode
+    from longsong.audio.watermark import detect
+
+    path = Path(a.file)
+    if path.is_dir():
+        raise CliError(f"file: {a.file} is a directory, not an audio file")
+    if not path.is_file():
+        raise CliError(f"file: {a.file} does not exist")
+    try:
+        audio, sr = decode(a.file)
+    except FfmpegError as e:
+        raise CliError(f"file: {a.file} is not audio ffmpeg can decode ({str(e).splitlines()[0]})") from None
+    if audio.size == 0:
+        raise CliError(f"file: {a.file} holds no audio samples")
+    d = detect(audio, sr, settings.watermark_secret)
+    if a.json:
+        print_json({"file": a.file, "found": d.found, "watermark_id": d.track_id, "confidence": d.confidence})
+    elif d.found:
+        print(f"found: watermark id {d.track_id} (0x{d.track_id:08x}), confidence {d.confidence:.2f}")
+    else:
+        print(f"not found (confidence {d.confidence:.2f})")
+    return EXIT_OK if d.found else EXIT_NOT_FOUND_MARK
+
+
+def dev_command(a: argparse.Namespace, settings: Settings) -> int:
+    from longsong import devstack
+
+    if a.action == "up":
+        devstack.up(settings)
+        print(f"local stack up: Temporal at {devstack.address(settings)}, Web UI {settings.web_ui}, "
+              f"data in {settings.home}")
+    elif a.action == "down":
+        stopped = devstack.down(settings)
+        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    for svc in devstack.services(settings) if a.action != "down" else []:
+        state = f"running (pid {svc.pid})" if svc.alive else "stopped"
+        print(f"  {svc.name:11s} {state:22s} log {svc.log}")
+    return EXIT_OK

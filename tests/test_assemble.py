@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from longsong.audio.assemble import assemble, correlation, fade_gains, law_name
+from longsong.audio.seams import LEAD_FRAMES, MARGIN_FRAMES, Analysis, beat_period, excerpt_flux
 from longsong.frames import FRAME_RATE
 from longsong.plan import Plan, make_plan
 from longsong.request import SongRequest
@@ -172,3 +173,125 @@ def test_bad_windows_are_refused_naming_the_segment():
         assemble(windows[:-1], plan, SR)
     with pytest.raises(ValueError, match="sample_rate"):
         assemble(windows, plan, 44101)
+
+
+# --- where the crossfade goes (longsong/audio/seams.py) ---------------------------------------------
+
+def drums(n_samples: int, bpm: float = 120.0, seed: int = 0, sr: int = SR) -> np.ndarray:
+    """Stereo drum loop from time 0: a kick on every beat (the bar's first loud), a noise hat on every
+    eighth (its own noise per seed), over a quiet pad whose chord depends on the seed."""
+    rng = np.random.default_rng(seed)
+    n_kick, n_hat = sr // 4, sr // 20
+    kick = np.sin(2 * np.pi * 55 * np.arange(n_kick) / sr) * np.exp(-np.arange(n_kick) / (0.06 * sr))
+    t = np.arange(n_samples) / sr
+    out = sum(0.02 * np.sin(2 * np.pi * f * t) for f in 220 * 2 ** (rng.integers(0, 12, 3) / 12))
+    half_beat = 30 * sr / bpm
+    for k in range(int(n_samples / half_beat) + 1):
+        pos = round(k * half_beat)
+        if k % 2 == 0:
+            piece = kick * (1.0 if k % 8 == 0 else 0.3)
+            out[pos:pos + n_kick] += piece[:n_samples - pos]
+        hat = 0.15 * rng.standard_normal(n_hat) * np.exp(-np.arange(n_hat) / (0.01 * sr))
+        out[pos:pos + n_hat] += hat[:n_samples - pos]
+    return np.stack([out, out]).astype(np.float32)
+
+
+def alternating(plan: Plan, sources: list[np.ndarray], hop: int = HOP) -> list[np.ndarray]:
+    """Window i cut from sources[i % 2]: every overlap holds two different signals on one beat grid."""
+    return [sources[s.index % 2][:, s.start_frame * hop:(s.start_frame + s.n_frames) * hop].copy()
+            for s in plan.segments]
+
+
+@pytest.mark.parametrize("bpm", [90.0, 120.0, 160.0])
+def test_the_crossfade_lands_on_the_downbeat_clear_of_the_window_edges(bpm):
+    plan = plan_for(66)
+    n = plan.total_frames * HOP
+    track, seams = assemble(alternating(plan, [drums(n, bpm, seed=1), drums(n, bpm, seed=2)]), plan, SR)
+    beat = 60 * FRAME_RATE / bpm
+    for seam, seg in zip(seams, plan.segments[1:]):
+        start, length = round(seam.start_s * FRAME_RATE), round(seam.length_s * FRAME_RATE)
+        assert seam.placement == "downbeat" and length == round(beat)
+        assert start >= seg.start_frame + MARGIN_FRAMES
+        assert start + length <= seg.start_frame + seg.context_frames - MARGIN_FRAMES
+        bars = (start + length + LEAD_FRAMES) / (4 * beat)
+        assert abs(bars - round(bars)) * 4 * beat <= 1.5, (seam, bars)  # ends just before a bar line
+        assert seam.flux_z < 3  # (the level steps up: the loud downbeat comes right after the fade)
+
+
+def test_beat_period_and_its_salience():
+    an = Analysis.for_rate(SR)
+    for bpm in (90.0, 120.0, 150.0):
+        env, _ = excerpt_flux(drums(12 * SR, bpm), 0, 100, 500, HOP, an)
+        period, salience = beat_period(env)
+        assert period == pytest.approx(60 * FRAME_RATE / bpm, abs=0.5) and salience > 0.5
+    env, _ = excerpt_flux(noise(2, 12 * SR, seed=3), 0, 100, 500, HOP, an)
+    assert beat_period(env)[1] < 0.15
+
+
+@pytest.mark.parametrize("sr", [16000, 24000, 32000, 44100, 48000])
+def test_the_analysis_rate_keeps_whole_frames(sr):
+    an = Analysis.for_rate(sr)
+    assert an.hop * an.factor == sr // FRAME_RATE and an.rate >= 8000 and an.rate * an.factor == sr
+
+
+def drone(samples: int) -> np.ndarray:
+    """Ambient: a chord swelling over 7 s, no attacks."""
+    t = np.arange(samples) / SR
+    chord = sum(np.sin(2 * np.pi * f * t) for f in (110.0, 164.8, 220.0, 277.2))
+    return (0.05 * (1.2 + np.sin(2 * np.pi * t / 7)) * chord)[None].repeat(2, axis=0).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["silence", "noise", "drone"])
+def test_no_beat_falls_back_to_the_centre_and_the_request_s_length(kind):
+    plan = plan_for(66)
+    n = plan.total_frames * HOP
+    sources = {"silence": [np.zeros((2, n), np.float32)] * 2,
+               "noise": [noise(2, n, seed=4), noise(2, n, seed=5)],
+               "drone": [drone(n), 0.7 * drone(n)[:, ::-1].copy()]}[kind]
+    track, seams = assemble(alternating(plan, sources), plan, SR)
+    for seam, (start, end) in zip(seams, plan.seam_frames()):
+        assert seam.placement == "centre" and seam.start_s == start / FRAME_RATE
+        assert seam.length_s == (end - start) / FRAME_RATE == plan.crossfade_frames / FRAME_RATE
+    assert kind != "silence" or all(s.level_step_db == 0 and s.flux_z == 0 for s in seams)
+
+
+def test_an_overlap_too_short_for_the_margins_falls_back_to_the_centre():
+    plan = make_plan(SongRequest(prompt="p", duration_s=60, overlap_s=4, crossfade_s=1), seed=7)
+    n = plan.total_frames * HOP
+    _, seams = assemble(alternating(plan, [drums(n, seed=1), drums(n, seed=2)]), plan, SR)
+    assert [s.placement for s in seams] == ["centre"] * len(seams)
+    assert [s.start_s for s in seams] == [a / FRAME_RATE for a, _ in plan.seam_frames()]
+
+
+def test_level_step_and_flux_z_measure_the_assembled_track():
+    """A later window 6 dB louder steps the level by 6 dB more; a click inside the fade stands out in flux."""
+    plan = plan_for(48)
+    n = plan.total_frames * HOP
+    windows = alternating(plan, [drums(n, seed=1), drums(n, seed=2)])
+    _, (clean,) = assemble(windows, plan, SR)
+    _, (louder,) = assemble([windows[0], 2 * windows[1]], plan, SR)
+    assert louder.start_s == clean.start_s and louder.placement == "downbeat"
+    assert louder.level_step_db - clean.level_step_db == pytest.approx(20 * np.log10(2), abs=0.05)
+    windows = alternating(plan, [drone(n), 0.7 * drone(n)[:, ::-1].copy()])
+    _, (smooth,) = assemble(windows, plan, SR)
+    mid = round((smooth.start_s + smooth.length_s / 2 - plan.segments[1].start_s) * SR)
+    windows[1][:, mid] += 0.5
+    _, (click,) = assemble(windows, plan, SR)
+    assert click.start_s == smooth.start_s and abs(smooth.flux_z) < 3 < click.flux_z
+
+
+def test_a_beat_placed_fade_keeps_clear_of_decoder_warm_up_too():
+    """Garbage in the first and last MARGIN_FRAMES of every overlap of music with a beat: the
+    crossfade moves onto a beat but never into it."""
+    plan = plan_for(100)
+    source = drums(plan.total_frames * HOP, bpm=120, seed=1)
+    windows = cut(source, plan)
+    edge = MARGIN_FRAMES * HOP
+    for i, w in enumerate(windows):
+        if i > 0:
+            w[:, :edge] = noise(2, edge, seed=100 + i)
+        if i < len(windows) - 1:
+            w[:, -edge:] = noise(2, edge, seed=200 + i)
+    track, seams = assemble(windows, plan, SR)
+    assert {s.placement for s in seams} == {"downbeat"} and {s.law for s in seams} == {"linear"}
+    np.testing.assert_allclose(track, source[:, :track.shape[1]], atol=1e-6)

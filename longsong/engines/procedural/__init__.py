@@ -4,13 +4,16 @@ Every sample is a pure function of the song parameters, the section timeline and
 sample index on the song timeline: notes are events on an absolute 4/4 bar grid, drawn from
 RNGs keyed by (song seed, bar, part), rendered whole from their own onset and summed in a fixed
 order. A continuation window therefore re-generates its context region exactly as the previous
-window ended it; a new section only starts at the first bar line of the window's new part.
+window ended it; a new section only starts at the first bar line of the window's new part, and no
+bar's notes depend on a section that starts after it (a walking bass leads to the chord the bar
+knows of).
 
 Modules, from the shared base up to the engine (each imports only those above it):
-  song      `Song`, the sample rate and the step grid every stage shares
+  song      `Song`, the sample rate, the step grid and its swing, the note `Event` every stage shares
   text      the prompt -> `Song` (genre, mood, instruments, tempo, key) and the section kind
-  harmony   per bar: the section in effect, its arrangement, the chord, the voicing
-  patterns  per bar: the note events of drums, bass, pad, lead, arpeggio, final cadence
+  harmony   per bar: the section in effect (and a sectionless song's form), its arrangement, the chord
+  drums     per bar: the drum groove of the section's level, its variation, phrase fills and crashes
+  patterns  per bar: the note events of bass, pad or comping, lead, arpeggio, final cadence
   synth     the sounds: wavetables, timbres, envelopes, the drum kit, the reverb
   mix       the window's buses, sidechain, reverb send, soft clip and final fade
   engine    `ProceduralEngine.generate` and its hand-off `State`

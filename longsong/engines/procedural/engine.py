@@ -7,9 +7,10 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from longsong.engines.base import EngineError, StepCallback, WindowRequest, WindowResult
+from longsong.engines.procedural.drums import DRUM_LINES
 from longsong.engines.procedural.harmony import KINDS, parse_progression
 from longsong.engines.procedural.mix import render
-from longsong.engines.procedural.patterns import BASS_LINES, final_bar
+from longsong.engines.procedural.patterns import final_bar
 from longsong.engines.procedural.song import SR, Song
 from longsong.engines.procedural.synth import TIMBRES
 from longsong.engines.procedural.text import choose_song, find_section
@@ -57,7 +58,7 @@ def check_state(state: State) -> None:
     bars = [bar for bar, _ in state.sections]
     if not bars or bars[0] != 0 or any(a >= b for a, b in zip(bars, bars[1:])):
         raise ValueError("the section timeline must start at bar 0 and ascend")
-    if any(kind not in KINDS for _, kind in state.sections) or s.drums not in BASS_LINES:
+    if any(kind not in KINDS for _, kind in state.sections) or s.drums not in DRUM_LINES:
         raise ValueError("unknown section kind or drum family")
     for role in ("bass", "lead", "pad", "arp"):
         if f"{role}:{getattr(s, role)}" not in TIMBRES:

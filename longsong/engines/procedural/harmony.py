@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from longsong.engines.procedural.song import SCALES, Song
@@ -14,26 +14,33 @@ ROMAN = ("i", "ii", "iii", "iv", "v", "vi", "vii")
 ROMAN_RE = re.compile(r"^(b?)(vii|vi|iv|v|iii|ii|i)(maj7|7|o)?$", re.IGNORECASE)
 CADENCE = {"major": "IV V I I", "minor": "iv V i i"}
 KINDS = ("full", "intro", "verse", "build", "chorus", "bridge", "outro")
-DRUM_LEVEL = {"off": 0, "hats": 1, "groove": 2, "full": 3}
+DRUM_LEVELS = ("off", "hats", "half", "groove", "full")  # half: the bridge's sparse half-time groove
+FULL_FORM = ("verse", "verse", "chorus", "chorus", "verse", "verse", "chorus", "chorus", "bridge", "chorus",
+             "chorus")  # one kind per phrase: about three minutes at 120 bpm
 
 
 @dataclass(frozen=True)
 class Arrangement:
-    drums: str  # off, hats, groove, full
+    """Who plays, how loud (role gain factors), in which register and how busily."""
+
+    drums: str  # a DRUM_LEVELS name
     bass: float
     pad: float
     lead: float
     arp: float
+    lead_low: int  # lowest MIDI note of the melody's range (a section's register)
+    pad_low: int  # lowest MIDI note of the chord voicing
+    busy: float  # 0..1: how often the per-bar variation adds ghost notes, extra kicks, passing tones
 
 
 ARRANGEMENTS = {
-    "full": Arrangement("full", 1.0, 0.8, 0.9, 0.0),
-    "intro": Arrangement("hats", 0.0, 1.3, 0.0, 1.0),
-    "verse": Arrangement("groove", 1.0, 0.7, 0.0, 0.8),
-    "build": Arrangement("groove", 1.0, 0.9, 0.5, 1.0),
-    "chorus": Arrangement("full", 1.0, 1.0, 1.0, 0.5),
-    "bridge": Arrangement("hats", 0.8, 1.0, 0.7, 0.0),
-    "outro": Arrangement("groove", 1.0, 1.0, 0.0, 0.6),
+    "full": Arrangement("full", 1.0, 0.8, 0.9, 0.4, 64, 54, 0.6),
+    "intro": Arrangement("hats", 0.0, 1.3, 0.0, 1.0, 60, 50, 0.2),
+    "verse": Arrangement("groove", 1.0, 0.7, 0.75, 0.8, 57, 52, 0.4),
+    "build": Arrangement("groove", 1.0, 0.9, 0.5, 1.0, 62, 54, 0.7),
+    "chorus": Arrangement("full", 1.0, 1.0, 1.0, 0.5, 67, 57, 0.8),
+    "bridge": Arrangement("half", 0.8, 1.0, 0.7, 0.0, 62, 50, 0.3),
+    "outro": Arrangement("groove", 1.0, 1.0, 0.0, 0.6, 60, 54, 0.3),
 }
 
 
@@ -75,23 +82,48 @@ def section_of_bar(sections: tuple[tuple[int, str], ...], bar: int) -> tuple[str
     return kind, since
 
 
+def form_at(kind: str, bars_in: int, phrase: int) -> tuple[str, int]:
+    """The kind that plays and which of its consecutive phrases this is: a song without section words
+    still has a form, 'full' walks FULL_FORM one phrase at a time."""
+    i = bars_in // phrase
+    if kind != "full":
+        return kind, i
+    kind = FULL_FORM[i % len(FULL_FORM)]
+    run = 0
+    while run < i and FULL_FORM[(i - run - 1) % len(FULL_FORM)] == kind:
+        run += 1
+    return kind, run
+
+
 def chord_at(song: Song, sections: tuple[tuple[int, str], ...], bar: int) -> Chord:
     """The progression runs on the absolute bar count; the outro cycles a cadence to the tonic."""
     kind, since = section_of_bar(sections, bar)
     if kind == "outro":
         return parse_progression(CADENCE[song.mode], song.mode)[((bar - since) // song.bars_per_chord) % 4]
     chords = parse_progression(song.progression, song.mode)
-    shift = len(chords) // 2 if kind == "bridge" else 0
+    shift = len(chords) // 2 if form_at(kind, bar - since, song.phrase)[0] == "bridge" else 0
     return chords[(bar // song.bars_per_chord + shift) % len(chords)]
 
 
-def arrangement_at(kind: str, bars_in: int) -> Arrangement:
-    """The outro thins out: drums to hats after 4 bars, to nothing after 8."""
-    a = ARRANGEMENTS[kind]
-    if kind != "outro":
-        return a
-    drums = "groove" if bars_in < 4 else "hats" if bars_in < 8 else "off"
-    return Arrangement(drums, a.bass, a.pad, a.lead, a.arp if bars_in < 8 else 0.0)
+def next_chord(song: Song, sections: tuple[tuple[int, str], ...], bar: int) -> Chord:
+    """The chord a line in `bar` leads to, as far as `bar` knows: a section that starts later is not
+    known yet when this bar is first rendered, so it must not change this bar's notes."""
+    return chord_at(song, tuple(s for s in sections if s[0] <= bar), bar + 1)
+
+
+def arrangement_at(song: Song, kind: str, bars_in: int) -> Arrangement:
+    """The section's arrangement as it develops: a verse's melody enters in its second phrase, the outro
+    thins out (drums to hats after 4 bars, to nothing after 8), a jazz trio has no arpeggio."""
+    form, run = form_at(kind, bars_in, song.phrase)
+    a = ARRANGEMENTS[form]
+    if form == "verse" and run == 0:
+        a = replace(a, lead=0.0)
+    if kind == "outro":
+        a = replace(a, drums="groove" if bars_in < 4 else "hats" if bars_in < 8 else "off",
+                    arp=a.arp if bars_in < 8 else 0.0)
+    if song.drums == "swing":
+        a = replace(a, arp=0.0)
+    return a
 
 
 def place_in(pcs: tuple[int, ...], low: int) -> list[int]:

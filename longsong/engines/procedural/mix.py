@@ -8,7 +8,8 @@ from functools import lru_cache
 import numpy as np
 
 from longsong.engines.base import StepCallback
-from longsong.engines.procedural.harmony import DRUM_LEVEL, arrangement_at, section_of_bar
+from longsong.engines.procedural.drums import plays_kick
+from longsong.engines.procedural.harmony import arrangement_at, section_of_bar
 from longsong.engines.procedural.patterns import bar_events
 from longsong.engines.procedural.song import SR, Song
 from longsong.engines.procedural.synth import (
@@ -19,6 +20,7 @@ from longsong.engines.procedural.synth import (
     render_note,
     reverb,
     seconds,
+    toms,
 )
 
 MIX_GAIN = 0.8  # bus sum -> soft-clip input: the loudest grooves reach about 0 dBFS there
@@ -35,11 +37,11 @@ def duck_curve(length: int) -> np.ndarray:
     return 1 - 0.3 * (1 - np.exp(-x / 0.004)) * np.exp(-x / 0.12)
 
 
-def kick_bar(sections: tuple[tuple[int, str], ...], bar: int, final: int | None) -> bool:
+def kick_bar(song: Song, sections: tuple[tuple[int, str], ...], bar: int, final: int | None) -> bool:
     if bar < 0 or (final is not None and bar >= final):
         return False
     kind, since = section_of_bar(sections, bar)
-    return DRUM_LEVEL[arrangement_at(kind, bar - since).drums] >= DRUM_LEVEL["groove"]
+    return plays_kick(song, arrangement_at(song, kind, bar - since).drums)
 
 
 def sidechain(song: Song, sections: tuple[tuple[int, str], ...], final: int | None, start: int,
@@ -51,7 +53,7 @@ def sidechain(song: Song, sections: tuple[tuple[int, str], ...], final: int | No
     curve = duck_curve(math.ceil(beat) + 1)
     gain = np.ones(n, np.float32)
     for k in range(math.floor(start / beat), math.floor((start + n - 1) / beat) + 1):
-        if kick_bar(sections, k // 4, final):
+        if kick_bar(song, sections, k // 4, final):
             a, b = round(k * beat), round((k + 1) * beat)
             lo, hi = max(a, start), min(b, start + n)
             gain[lo - start:hi - start] = curve[lo - a:hi - a]
@@ -66,7 +68,7 @@ def place(bus: np.ndarray, lo: int, start: int, note: np.ndarray, gain: float) -
 
 
 def onset(song: Song, step: float) -> int:
-    return round((step + song.swing * (step % 2 == 1)) * song.step_samples)
+    return round(song.swung(step) * song.step_samples)
 
 
 def render(song: Song, sections: tuple[tuple[int, str], ...], final: int | None, start: int, n: int,
@@ -78,7 +80,7 @@ def render(song: Song, sections: tuple[tuple[int, str], ...], final: int | None,
     first = min(first, final) if final is not None else first
     bars = range(first, math.floor((hi - 1) / song.bar_samples) + 1)
     buses = np.zeros((3, 2, hi - lo), np.float32)
-    kit, notes = drum_kit(), {}
+    kit, notes = drum_kit() | toms(song.tonic), {}
     for i, bar in enumerate(bars):
         for ev in bar_events(song, sections, bar, final, end):
             if ev.role == "drums":

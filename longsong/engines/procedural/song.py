@@ -1,9 +1,12 @@
-"""The song-level choices every stage reads (`Song`), the sample rate and the 4/4 step grid."""
+"""The song-level choices every stage reads (`Song`), the sample rate, the 4/4 step grid and its swing,
+and the note `Event` every part emits."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+
+import numpy as np
 
 SR = 32000
 STEPS = 16  # sixteenth-note steps per 4/4 bar
@@ -11,6 +14,7 @@ STEPS = 16  # sixteenth-note steps per 4/4 bar
 NOTE_PC = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 KEY_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
+EIGHTH_SWING = ("swing", "shuffle")  # drum families whose swing delays the off-beat eighth, not sixteenth
 
 
 @lru_cache(maxsize=64)
@@ -37,7 +41,7 @@ class Song:
     lead: str
     pad: str
     arp: str
-    swing: float
+    swing: float  # delay of the swung off-beat in steps (eighths for EIGHTH_SWING families, else sixteenths)
 
     @property
     def step_samples(self) -> float:
@@ -55,5 +59,42 @@ class Song:
     def mode(self) -> str:
         return parse_key(self.key)[1]
 
+    @property
+    def phrase(self) -> int:
+        """Bars per phrase (fills end it, a crash opens the next): a 12-bar blues phrases in twelves."""
+        return 12 if len(self.progression.split()) == 12 else 8
+
     def instruments(self) -> str:
-        return f"bass={self.bass}, lead={self.lead}, pad={self.pad}, arp={self.arp}"
+        arp = "none" if self.drums == "swing" else self.arp  # a jazz trio plays no arpeggio
+        return f"bass={self.bass}, lead={self.lead}, pad={self.pad}, arp={arp}"
+
+    def swung(self, step: float) -> float:
+        """Step position after swing: a piecewise-linear warp of each swing unit (8th or 16th pair) that
+        delays its off-beat by `swing` steps and keeps every beat (so the tempo) on the grid."""
+        if not self.swing:
+            return step
+        unit = 4.0 if self.drums in EIGHTH_SWING else 2.0
+        half = unit / 2
+        base, pos = divmod(step, unit)
+        if pos <= half:
+            return base * unit + pos * (half + self.swing) / half
+        return base * unit + half + self.swing + (pos - half) * (half - self.swing) / half
+
+
+@dataclass(frozen=True)
+class Event:
+    step: float  # onset in sixteenth steps from the song start (before swing)
+    role: str  # drums, bass, pad, lead, arp
+    sound: str  # drum name or instrument
+    pitches: tuple[int, ...]  # MIDI notes sounded together (drums: none)
+    gate: int  # samples the note is held (drums: 0)
+    gain: float
+
+
+def bar_rng(song: Song, part: int, *keys: int) -> np.random.Generator:
+    """The RNG of one part of one bar: every choice is a function of (song seed, part, bar, ...)."""
+    return np.random.default_rng([song.seed, part, *keys])
+
+
+def gate_samples(song: Song, steps: float) -> int:
+    return round(steps * song.step_samples)

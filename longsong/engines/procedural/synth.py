@@ -42,6 +42,7 @@ TIMBRES = {
     "bass:square": Timbre("square", 24, 5, 0.1, 0.003, 0.5, 0.7, 0.05),
     "bass:fm": Timbre("sine", 1, 1, 0.15, 0.003, 0.5, 0.6, 0.05, fm=2.5),
     "bass:pluck": Timbre("saw", 24, 4, 0.06, 0.003, 0.35, 0.3, 0.06),
+    "bass:upright": Timbre("saw", 8, 2, 0.04, 0.004, 0.3, 0.3, 0.07),
     "lead:saw": Timbre("saw", 48, 14, 0.4, 0.01, 0.6, 0.75, 0.15, spread=14, vibrato=12),
     "lead:square": Timbre("square", 32, 10, 0.3, 0.008, 0.5, 0.7, 0.12, vibrato=10),
     "lead:pluck": Timbre("saw", 32, 3, 0.12, 0.003, 0.3, 0.0, 0.12),
@@ -52,6 +53,7 @@ TIMBRES = {
     "pad:warm": Timbre("tri", 6, 6, 1.0, 0.25, 2.0, 0.8, 0.6, spread=10),
     "pad:organ": Timbre("organ", 16, 16, 1.0, 0.01, math.inf, 1.0, 0.08, spread=6),
     "pad:piano": Timbre("piano", 12, 3, 0.4, 0.003, 1.2, 0.0, 0.4, spread=4),
+    "pad:epiano": Timbre("sine", 1, 1, 0.3, 0.003, 1.0, 0.25, 0.2, spread=5, fm=1.1),
     "arp:pluck": Timbre("saw", 24, 3, 0.08, 0.002, 0.18, 0.0, 0.08),
     "arp:fm": Timbre("sine", 1, 1, 0.2, 0.002, 0.4, 0.0, 0.1, fm=2.0),
     "arp:piano": Timbre("piano", 12, 3, 0.2, 0.003, 0.5, 0.0, 0.15),
@@ -160,9 +162,33 @@ def filtered(noise: np.ndarray, kind: str, cutoff: float | tuple[float, float]) 
     return signal.sosfilt(signal.butter(4, cutoff, kind, fs=SR, output="sos"), noise)
 
 
+def ride(t: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """A ride cymbal: a long high hiss with a faint inharmonic ping above the keys' range, so the swing
+    pattern reads without adding pitches that are not in the song's key."""
+    ping = sum(a * np.sin(2 * np.pi * f * t) for f, a in ((3130, 0.3), (4370, 0.25), (6150, 0.2)))
+    return ping * decaying(t, 0.2, 1.2) + filtered(noise, "highpass", 5000) * decaying(t, 0.4, 1.2)
+
+
+@lru_cache(maxsize=12)
+def toms(tonic: int) -> dict[str, np.ndarray]:
+    """Three toms tuned to the song's tonic, fourth and octave (pitched drums in the key), each a sine
+    falling from 1.6x to its pitch with a little stick noise."""
+    t = np.arange(int(0.6 * SR)) / SR
+    noise = np.random.default_rng(13).standard_normal(t.size)
+    low = 43 + (tonic - 43) % 12  # G2..F#3
+    out = {}
+    for name, midi, pan in (("tom_lo", low, 0.3), ("tom_mid", low + 5, 0.05), ("tom_hi", low + 12, -0.2)):
+        freq = 440.0 * 2 ** ((midi - 69) / 12)
+        sweep = np.cumsum(freq * (1 + 0.6 * np.exp(-t / 0.03))) / SR
+        x = np.sin(2 * np.pi * sweep) * decaying(t, 0.2, 0.6) + 0.2 * noise * decaying(t, 0.004, 0.03)
+        out[name] = pan_gains(pan) * (x / np.abs(x).max()).astype(np.float32)
+    return out
+
+
 @lru_cache(maxsize=1)
 def drum_kit() -> dict[str, np.ndarray]:
-    """Synthesized one-shots (fixed noise seed): kick sweep, snare tone + noise, clap bursts, hats."""
+    """Synthesized one-shots (fixed noise seed): kick sweep, snare tone + noise, clap bursts, hats, rim,
+    ride (the toms depend on the key: `toms`)."""
     rng = np.random.default_rng(7)
     t = np.arange(int(2.5 * SR)) / SR
     noise = rng.standard_normal((2, t.size))
@@ -175,11 +201,15 @@ def drum_kit() -> dict[str, np.ndarray]:
     hat = filtered(noise[0], "highpass", 7000)
     shaker = filtered(noise[1], "bandpass", (4500, 10000)) * np.minimum(1, t / 0.012)
     crash = np.stack([filtered(n, "highpass", 3500) for n in noise])
+    rim = filtered(noise[1], "bandpass", (1500, 7000)) * decaying(t, 0.012, 0.08)
     kit = {  # name: (mono one-shot, pan)
         "kick": (kick[: int(0.5 * SR)], 0.0), "snare": (snare[: int(0.35 * SR)], 0.0),
         "clap": (clap[: int(0.4 * SR)], 0.0), "hat": ((hat * decaying(t, 0.03, 0.12))[: int(0.12 * SR)], 0.25),
         "open": ((hat * decaying(t, 0.22, 0.5))[: int(0.5 * SR)], 0.25),
+        "pedal": ((hat * decaying(t, 0.012, 0.06))[: int(0.06 * SR)], 0.25),
         "shaker": ((shaker * decaying(t, 0.04, 0.1))[: int(0.1 * SR)], -0.3),
+        "rim": (rim[: int(0.08 * SR)], 0.05),
+        "ride": (ride(t, noise[1])[: int(1.2 * SR)], -0.25),
     }
     out = {name: pan_gains(pan) * (x / np.abs(x).max()).astype(np.float32) for name, (x, pan) in kit.items()}
     out["crash"] = (crash * decaying(t, 0.8, 2.5) / np.abs(crash).max()).astype(np.float32)

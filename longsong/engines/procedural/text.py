@@ -30,7 +30,7 @@ class Genre:
     lead: tuple[str, ...]
     pad: tuple[str, ...]
     arp: tuple[str, ...]
-    swing: float = 0.0  # delay of off-beat sixteenths, in steps
+    swing: float = 0.0  # delay of the swung off-beat, in steps (see Song.swung)
 
 
 GENRES = (
@@ -40,11 +40,13 @@ GENRES = (
           ("saw", "square"), ("saw", "square"), ("strings", "warm"), ("pluck", "fm")),
     Genre("rock", ("rock", "punk", "metal", "grunge"), "backbeat", (100, 140),
           ("pluck", "saw"), ("saw", "square"), ("organ", "strings"), ("pluck",)),
-    Genre("pop", ("pop", "indie", "synthwave", "funk", "soul", "r&b", "rnb", "country", "reggae", "blues"),
+    Genre("pop", ("pop", "indie", "synthwave", "funk", "soul", "r&b", "rnb", "country", "reggae"),
           "backbeat", (92, 122), ("pluck", "sub", "saw"), ("saw", "fm", "square"), ("warm", "strings"),
           ("pluck", "fm")),
-    Genre("jazz", ("jazz", "swing", "bossa nova"), "backbeat", (90, 130),
-          ("pluck",), ("fm", "sine"), ("warm", "organ"), ("fm",), 0.33),
+    Genre("jazz", ("jazz", "swing", "bebop", "bossa nova"), "swing", (90, 140),  # a piano trio
+          ("upright",), ("piano",), ("epiano", "piano"), ("fm",), 0.55),
+    Genre("blues", ("blues", "shuffle", "boogie"), "shuffle", (72, 120),
+          ("upright", "pluck"), ("pluck", "saw"), ("organ",), ("pluck",), 0.66),
     Genre("hip hop", ("hip hop", "hip-hop", "hiphop", "rap", "boom bap", "lofi", "lo-fi", "chillhop"),
           "halftime", (72, 92), ("sub", "fm"), ("fm", "sine", "pluck"), ("warm",), ("fm", "piano"), 0.3),
     Genre("trap", ("trap", "drill", "dubstep", "phonk"), "halftime", (130, 150),
@@ -63,6 +65,7 @@ GENRE_RE = {g.name: words_re(g.words) for g in GENRES}
 INSTRUMENT_WORDS = (  # (words, role, instrument): explicit instruments override the genre's picks
     (("piano", "keys"), "lead", "piano"),
     (("rhodes", "electric piano", "bell", "bells", "vibraphone", "marimba"), "lead", "fm"),
+    (("rhodes", "electric piano", "wurlitzer"), "pad", "epiano"),
     (("flute", "whistle", "ocarina"), "lead", "sine"),
     (("guitar", "harp"), "lead", "pluck"),
     (("synth lead", "supersaw", "synth"), "lead", "saw"),
@@ -71,6 +74,7 @@ INSTRUMENT_WORDS = (  # (words, role, instrument): explicit instruments override
     (("organ",), "pad", "organ"),
     (("808", "sub bass"), "bass", "sub"),
     (("acid", "303"), "bass", "saw"),
+    (("upright", "double bass", "acoustic bass", "walking bass"), "bass", "upright"),
 )
 INSTRUMENT_RE = tuple((words_re(words), role, instrument) for words, role, instrument in INSTRUMENT_WORDS)
 
@@ -100,6 +104,12 @@ PROGRESSIONS = {  # roman numerals, one chord per `bars_per_chord` bars
     ("minor", "happy"): ("i VII VI VII", "i III VII IV"),
     ("minor", "epic"): ("i VI III VII", "i VII VI V"),
     ("minor", None): ("i VI III VII", "i iv VI V", "i VII VI VII", "i iv v i"),
+}
+GENRE_PROGRESSIONS = {  # genres with their own harmony: ii-V-I and friends, the 12-bar blues (diatonic)
+    ("jazz", "major"): ("ii7 V7 Imaj7 Imaj7", "Imaj7 vi7 ii7 V7", "iii7 vi7 ii7 V7", "Imaj7 IVmaj7 iii7 vi7"),
+    ("jazz", "minor"): ("i7 iv7 V7 i7", "i7 VImaj7 iv7 V7", "i7 iv7 VII7 IIImaj7"),
+    ("blues", "major"): ("I IV I I IV IV I I V7 IV I V7",),
+    ("blues", "minor"): ("i7 iv7 i7 i7 iv7 iv7 i7 i7 V7 iv7 i7 V7",),
 }
 
 SECTION_WORDS = {
@@ -151,7 +161,8 @@ def choose_song(text: str, seed: int) -> Song:
         mode = MOOD_MODE.get(mood or "") or ("minor", "major")[rng.integers(2)]
         key = f"{KEY_NAMES[rng.integers(12)]} {mode}"
     mode = key.split()[1]
-    options = PROGRESSIONS[(mode, mood if (mode, mood) in PROGRESSIONS else None)]
+    options = GENRE_PROGRESSIONS.get((genre.name, mode)) or PROGRESSIONS[
+        (mode, mood if (mode, mood) in PROGRESSIONS else None)]
     picks = {role: str(rng.choice(getattr(genre, role))) for role in ("bass", "lead", "pad", "arp")}
     for words, role, instrument in INSTRUMENT_RE:
         if words.search(low):

@@ -23,13 +23,14 @@ class SwappedEngine(ProceduralEngine):
     def generate(self, req, on_step):
         self.calls += 1
         if self.calls == 2:
-            self.version = "2"
+            self.version = "3"
         return super().generate(req, on_step)
 
 
 def song(request_id: str, duration_s: float = 45) -> SongRequest:
+    """No quality gate: a re-roll would move which window meets the swapped revision first."""
     return SongRequest(prompt="one model", duration_s=duration_s, seed=5, formats=["wav"], user_id="m",
-                       request_id=request_id)
+                       request_id=request_id, max_rerolls=0)
 
 
 def test_every_window_uses_the_first_windows_revision(temporal_address, storage, settings):
@@ -43,7 +44,7 @@ def test_every_window_uses_the_first_windows_revision(temporal_address, storage,
             return str(err.value), events
 
     message, events = asyncio.run(main())
-    assert "window 3 of this song must use procedural-v1 revision 1" in message and "revision 2" in message
+    assert "window 3 of this song must use procedural-v1 revision 2" in message and "revision 3" in message
     started = [e.activity_task_started_event_attributes.attempt for e in events
                if e.HasField("activity_task_started_event_attributes")]
     assert max(started) == 1  # not retried: no retry can bring the old revision back
@@ -58,4 +59,4 @@ def test_manifest_names_model_and_revision_per_window(temporal_address, storage,
 
     result = asyncio.run(main())
     meta = json.loads(storage.get_bytes(result.files["metadata"]))
-    assert [(s["model"], s["model_version"]) for s in meta["plan"]["segments"]] == [("procedural-v1", "1")] * 2
+    assert [(s["model"], s["model_version"]) for s in meta["plan"]["segments"]] == [("procedural-v1", "2")] * 2

@@ -2,11 +2,11 @@
 
 Every sample is a pure function of the song parameters, the section timeline and the absolute
 sample index on the song timeline: notes are events on an absolute 4/4 bar grid, drawn from
-RNGs keyed by (song seed, bar, part), rendered whole from their own onset and summed in a fixed
-order. A continuation window therefore re-generates its context region exactly as the previous
-window ended it; a new section only starts at the first bar line of the window's new part, and no
-bar's notes depend on a section that starts after it (a walking bass leads to the chord the bar
-knows of).
+RNGs keyed by (song seed, bar, part, the seed of the bar's take), rendered whole from their own
+onset and summed in a fixed order. A continuation window therefore re-generates its context region
+exactly as the previous window ended it; a new section and the window's take (its own seed, so a
+re-roll sounds different) only start at the first bar line of the window's new part, and no bar's
+notes depend on a section that starts after it (a walking bass leads to the chord the bar knows of).
 
 Modules, from the shared base up to the engine (each imports only those above it):
   song      `Song`, the sample rate, the step grid and its swing, the note `Event` every stage shares

@@ -61,12 +61,14 @@ def plays_kick(song: Song, level: str) -> bool:
                for sound, _, levels in DRUM_LINES[song.drums])
 
 
-def drum_events(song: Song, bar: int, kind: str, a: Arrangement, bars_in: int) -> list[Event]:
-    """The bar's drums; `kind` is the kind that plays (a sectionless song's form already applied)."""
+def drum_events(song: Song, bar: int, kind: str, a: Arrangement, bars_in: int, take: int | None = None
+                ) -> list[Event]:
+    """The bar's drums; `kind` is the kind that plays (a sectionless song's form already applied), `take`
+    the seed of the bar's take."""
     code = LEVEL_CODE[a.drums]
     if song.drums == "none" or not code:
         return []
-    rng = bar_rng(song, PART_DRUMS, bar)
+    rng = bar_rng(song, PART_DRUMS, bar, take=take)
     figure, cut = phrase_figure(song, rng, code, bars_in)
     hits = groove_hits(song, rng, code, a.busy, cut)
     to_end = song.phrase - bars_in % song.phrase  # bars left in the phrase, this one included

@@ -17,31 +17,35 @@ from longsong.engines.procedural.text import choose_song, find_section
 from longsong.frames import FRAME_RATE
 
 FRAME = SR // FRAME_RATE  # samples per plan frame
-HANDOFF_VERSION = 1
+HANDOFF_VERSION = 2  # 2 added the take timeline; a version-1 hand-off loads with none
+MAX_SEED = 2**63  # seeds (the song's, each take's) are request seeds modulo this
 
 
 @dataclass(frozen=True)
 class State:
-    """The hand-off: song choices, where the window ended, and when each section started."""
+    """The hand-off: song choices, where the window ended, when each section started, and when each
+    take (a continuation window's seed) started; bars before the first take use the song seed alone."""
 
     song: Song
     end_frame: int
     sections: tuple[tuple[int, str], ...]  # (first bar, kind), ascending
+    takes: tuple[tuple[int, int], ...] = ()  # (first bar, seed), ascending
 
     def to_bytes(self) -> bytes:
         body = {"v": HANDOFF_VERSION, "song": asdict(self.song), "end_frame": self.end_frame,
-                "sections": [list(s) for s in self.sections]}
+                "sections": [list(s) for s in self.sections], "takes": [list(t) for t in self.takes]}
         return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "State":
         try:
             body = json.loads(data)
-            if body["v"] != HANDOFF_VERSION:
-                raise ValueError(f"version {body['v']!r}, expected {HANDOFF_VERSION}")
+            if body["v"] not in (1, HANDOFF_VERSION):
+                raise ValueError(f"version {body['v']!r}, expected 1 or {HANDOFF_VERSION}")
             song = Song(**{f.name: body["song"][f.name] for f in fields(Song)})
             sections = tuple((int(bar), str(kind)) for bar, kind in body["sections"])
-            state = cls(song, int(body["end_frame"]), sections)
+            takes = tuple((bar, seed) for bar, seed in body["takes"]) if body["v"] >= 2 else ()
+            state = cls(song, int(body["end_frame"]), sections, takes)
             check_state(state)
             return state
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
@@ -64,6 +68,15 @@ def check_state(state: State) -> None:
         if f"{role}:{getattr(s, role)}" not in TIMBRES:
             raise ValueError(f"unknown {role} instrument {getattr(s, role)!r}")
     parse_progression(s.progression, s.mode)
+    if not all(is_int(bar) and bar >= 0 and is_int(seed) and 0 <= seed < MAX_SEED
+               for bar, seed in state.takes):
+        raise ValueError("a take needs an integer first bar >= 0 and an integer seed in [0, 2**63)")
+    if any(a[0] >= b[0] for a, b in zip(state.takes, state.takes[1:])):
+        raise ValueError("the take timeline must ascend")
+
+
+def is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def next_sections(state: State, kind: str, new_start: int) -> tuple[tuple[int, str], ...]:
@@ -74,13 +87,23 @@ def next_sections(state: State, kind: str, new_start: int) -> tuple[tuple[int, s
     return (*state.sections, (bar, kind))
 
 
+def next_takes(state: State, seed: int, new_start: int) -> tuple[tuple[int, int], ...]:
+    """Start the window's take (its seed) at the first bar line of the new part: a bar that starts in the
+    context keeps the take it was rendered with, so the context stays sample-identical (a note at or after
+    the previous window's end reached none of its samples: the reverb has a pre-delay). The same seed
+    again continues its take; a take that starts at or after that bar was never heard, and is replaced."""
+    bar = math.ceil(new_start / state.song.bar_samples)
+    kept = tuple(t for t in state.takes if t[0] < bar)
+    return kept if kept and kept[-1][1] == seed else (*kept, (bar, seed))
+
+
 class ProceduralEngine:
     """Offline engine: parses tempo, key, genre, mood, instruments and section from the text and
     synthesizes drums, bass, pad, lead and arpeggio; >100x real time on one CPU core."""
 
     name = "procedural"
     model = "procedural-v1"
-    version = "1"
+    version = "2"  # 2: a continuation window's seed picks its take (before, later windows ignored it)
     sample_rate = SR
     channels = 2
 
@@ -92,7 +115,7 @@ class ProceduralEngine:
         if req.handoff is None:
             if req.context_frames:
                 raise EngineError(f"procedural: {req.context_frames} context frames but no hand-off state")
-            state = State(choose_song(req.text, req.seed % 2**63), 0, ((0, kind),))
+            state = State(choose_song(req.text, req.seed % MAX_SEED), 0, ((0, kind),))
         else:
             state = State.from_bytes(req.handoff)
         start_frame = state.end_frame - req.context_frames
@@ -100,14 +123,17 @@ class ProceduralEngine:
             raise EngineError(f"procedural: {req.context_frames} context frames reach before the song start "
                               f"(previous window ended at frame {state.end_frame})")
         sections = next_sections(state, kind, state.end_frame * FRAME)
+        takes = () if req.handoff is None else next_takes(state, req.seed % MAX_SEED, state.end_frame * FRAME)
         song = state.song
         end_frame = start_frame + req.n_frames
         final = final_bar(song, sections, end_frame * FRAME)
-        audio = render(song, sections, final, start_frame * FRAME, req.n_frames * FRAME, on_step)
+        audio = render(song, sections, final, start_frame * FRAME, req.n_frames * FRAME, on_step, takes)
         details = {"bpm": f"{song.bpm:g}", "key": song.key, "progression": song.progression,
                    "bars_per_chord": str(song.bars_per_chord), "genre": song.genre, "drums": song.drums,
                    "instruments": song.instruments(), "section": kind, "song_seed": str(song.seed),
                    "start_s": f"{start_frame / FRAME_RATE:g}", "sampling": "ignored (procedural engine)"}
         if final is not None:
             details["final_cadence_s"] = f"{round(final * song.bar_samples) / SR:.6f}"
-        return WindowResult(audio, State(song, end_frame, sections).to_bytes(), details)
+        if takes:
+            details["take_seed"] = str(takes[-1][1])
+        return WindowResult(audio, State(song, end_frame, sections, takes).to_bytes(), details)

@@ -72,8 +72,8 @@ def onset(song: Song, step: float) -> int:
 
 
 def render(song: Song, sections: tuple[tuple[int, str], ...], final: int | None, start: int, n: int,
-           on_step: StepCallback) -> np.ndarray:
-    """Samples [start, start + n) of the song, float32 stereo."""
+           on_step: StepCallback, takes: tuple[tuple[int, int], ...] = ()) -> np.ndarray:
+    """Samples [start, start + n) of the song, float32 stereo; `takes` the (first bar, seed) timeline."""
     lo, hi = start - REVERB_PAD, start + n + REVERB_DECIMATION
     end = start + n
     first = max(0, math.floor((lo - MAX_TAIL_S * SR) / song.bar_samples) - song.bars_per_chord)
@@ -82,7 +82,7 @@ def render(song: Song, sections: tuple[tuple[int, str], ...], final: int | None,
     buses = np.zeros((3, 2, hi - lo), np.float32)
     kit, notes = drum_kit() | toms(song.tonic), {}
     for i, bar in enumerate(bars):
-        for ev in bar_events(song, sections, bar, final, end):
+        for ev in bar_events(song, sections, bar, final, end, takes):
             if ev.role == "drums":
                 sound = kit[ev.sound]
             else:

@@ -19,7 +19,7 @@ from longsong.engines.procedural.harmony import (
     place_in,
     section_of_bar,
 )
-from longsong.engines.procedural.song import SCALES, SR, STEPS, Event, Song, bar_rng, gate_samples
+from longsong.engines.procedural.song import SCALES, SR, STEPS, Event, Song, bar_rng, gate_samples, take_of
 
 BASS_LINES = {"four": "..x...x...x...x.", "backbeat": "x.x.x.x.x.x.x.x.", "halftime": "x......x..x.....",
               "breakbeat": "x.........x.....", "none": "x..............."}  # swing walks, shuffle boogies
@@ -63,11 +63,11 @@ def scale_notes(song: Song, lo: int, hi: int, extra: tuple[int, ...] = ()) -> li
 
 
 def bass_events(song: Song, bar: int, chord: Chord, nxt: Chord, a: Arrangement, bars_in: int,
-                bridge: bool) -> list[Event]:
+                bridge: bool, take: int | None = None) -> list[Event]:
     gain = a.bass * ROLE_GAIN["bass"] * BASS_LEVEL.get(song.drums, 1.0)
     if gain <= 0:
         return []
-    rng = bar_rng(song, PART_BASS, bar)
+    rng = bar_rng(song, PART_BASS, bar, take=take)
     root = place_in(chord.pitch_classes(song.tonic)[:1], 31 if song.drums in ("swing", "shuffle") else 33)[0]
     if bridge:  # held roots; a jazz bass plays in two
         notes = [(0, root, 15.5)] if song.drums != "swing" else [(0, root, 7.6), (8, root + 7, 7.6)]
@@ -136,12 +136,13 @@ def boogie_line(song: Song, chord: Chord, nxt: Chord, rng: np.random.Generator, 
     return [(2 * i, m, 1.8) for i, m in enumerate(line)]
 
 
-def pad_events(song: Song, bar: int, chord: Chord, since: int, a: Arrangement) -> list[Event]:
+def pad_events(song: Song, bar: int, chord: Chord, since: int, a: Arrangement, take: int | None = None
+               ) -> list[Event]:
     """Sustained chord at each chord change; a struck piano re-plays it in a per-bar rhythm; a jazz
     pianist comps rootless voicings in short stabs."""
     if a.pad <= 0:
         return []
-    rng = bar_rng(song, PART_PAD, bar)
+    rng = bar_rng(song, PART_PAD, bar, take=take)
     pcs = chord.pitch_classes(song.tonic)
     if song.drums == "swing":
         voicing = place_in(pcs[1:] if len(pcs) > 3 else pcs[1:] + pcs[:1], a.pad_low + int(rng.integers(3)))
@@ -159,16 +160,16 @@ def pad_events(song: Song, bar: int, chord: Chord, since: int, a: Arrangement) -
                   gain * (0.85 + 0.15 * float(rng.random()))) for s, length in hits]
 
 
-def lead_events(song: Song, bar: int, chord: Chord, kind: str, run: int, a: Arrangement, bars_in: int
-                ) -> list[Event]:
+def lead_events(song: Song, bar: int, chord: Chord, kind: str, run: int, a: Arrangement, bars_in: int,
+                take: int | None = None) -> list[Event]:
     """A melody in the section's register: a question phrase and an answer phrase (the motif, repeated
-    every two phrases of the section), with per-bar changes (neighbour notes, rests, another rhythm) and
-    phrase endings that come to rest on a chord tone."""
+    every two phrases of the section within a take), with per-bar changes (neighbour notes, rests,
+    another rhythm) and phrase endings that come to rest on a chord tone."""
     gain = a.lead * ROLE_GAIN["lead"]
     if gain <= 0:
         return []
-    rng = bar_rng(song, PART_LEAD, run % 2 * song.phrase + bars_in % song.phrase, KINDS.index(kind))
-    vary = bar_rng(song, PART_VARY, bar)
+    rng = bar_rng(song, PART_LEAD, run % 2 * song.phrase + bars_in % song.phrase, KINDS.index(kind), take=take)
+    vary = bar_rng(song, PART_VARY, bar, take=take)
     pcs = chord.pitch_classes(song.tonic)
     notes = scale_notes(song, a.lead_low, a.lead_low + 24, pcs)
     tones = [m for m in notes if m % 12 in pcs and a.lead_low + 4 <= m <= a.lead_low + 21]
@@ -199,7 +200,8 @@ def lead_events(song: Song, bar: int, chord: Chord, kind: str, run: int, a: Arra
     return events
 
 
-def arp_events(song: Song, bar: int, chord: Chord, a: Arrangement, bars_in: int) -> list[Event]:
+def arp_events(song: Song, bar: int, chord: Chord, a: Arrangement, bars_in: int, take: int | None = None
+               ) -> list[Event]:
     """Chord tones over two octaves, indexed by the absolute step so the line never restarts; its
     direction changes every two bars, a few steps rest, and it gives way to a phrase's fill."""
     gain = a.arp * ROLE_GAIN["arp"]
@@ -207,8 +209,8 @@ def arp_events(song: Song, bar: int, chord: Chord, a: Arrangement, bars_in: int)
         return []
     voicing = place_in(chord.pitch_classes(song.tonic), 60)
     tones = voicing + [m + 12 for m in voicing]
-    order = int(bar_rng(song, PART_ARP, bar // 2).integers(3))
-    rests = bar_rng(song, PART_ARP, bar, 1).random(STEPS) < 0.12
+    order = int(bar_rng(song, PART_ARP, bar // 2, take=take).integers(3))
+    rests = bar_rng(song, PART_ARP, bar, 1, take=take).random(STEPS) < 0.12
     rate = 1 if song.bpm <= 130 else 2
     last = 12 if bars_in % song.phrase == song.phrase - 1 else STEPS
     gate = gate_samples(song, rate * 0.9)
@@ -255,8 +257,9 @@ def final_bar(song: Song, sections: tuple[tuple[int, str], ...], end: int) -> in
 
 
 def bar_events(song: Song, sections: tuple[tuple[int, str], ...], bar: int, final: int | None,
-               end: int) -> list[Event]:
-    """All notes starting in `bar`, in a fixed part order (the summation order is part of exactness)."""
+               end: int, takes: tuple[tuple[int, int], ...] = ()) -> list[Event]:
+    """All notes starting in `bar`, in a fixed part order (the summation order is part of exactness);
+    every random choice is drawn from the seed of the bar's take in `takes`."""
     if final is not None and bar >= final:
         return final_events(song, bar, end - round(bar * song.bar_samples)) if bar == final else []
     kind, since = section_of_bar(sections, bar)
@@ -265,8 +268,9 @@ def bar_events(song: Song, sections: tuple[tuple[int, str], ...], bar: int, fina
     a = arrangement_at(song, kind, bars_in)
     chord = chord_at(song, sections, bar)
     nxt = next_chord(song, sections, bar) if song.drums in ("swing", "shuffle") else chord
-    return (drum_events(song, bar, form, a, bars_in)
-            + bass_events(song, bar, chord, nxt, a, bars_in, form == "bridge")
-            + pad_events(song, bar, chord, since, a)
-            + lead_events(song, bar, chord, form, run, a, bars_in)
-            + arp_events(song, bar, chord, a, bars_in))
+    take = take_of(takes, bar)
+    return (drum_events(song, bar, form, a, bars_in, take)
+            + bass_events(song, bar, chord, nxt, a, bars_in, form == "bridge", take)
+            + pad_events(song, bar, chord, since, a, take)
+            + lead_events(song, bar, chord, form, run, a, bars_in, take)
+            + arp_events(song, bar, chord, a, bars_in, take))

@@ -3,6 +3,7 @@ and the note `Event` every part emits."""
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -91,9 +92,22 @@ class Event:
     gain: float
 
 
-def bar_rng(song: Song, part: int, *keys: int) -> np.random.Generator:
-    """The RNG of one part of one bar: every choice is a function of (song seed, part, bar, ...)."""
-    return np.random.default_rng([song.seed, part, *keys])
+TAKE_MARK = 0x7A4E  # separates a take's seed from the keys in a bar's RNG entropy
+
+
+def take_of(takes: tuple[tuple[int, int], ...], bar: int) -> int | None:
+    """The seed of the take `bar` belongs to: the last (first bar, seed) at or before it; None before the
+    first take (window 0's bars, drawn from the song seed alone)."""
+    i = bisect_right(takes, bar, key=lambda t: t[0])
+    return takes[i - 1][1] if i else None
+
+
+def bar_rng(song: Song, part: int, *keys: int, take: int | None = None) -> np.random.Generator:
+    """The RNG of one part of one bar: every choice is a function of (song seed, part, bar, ...) and, in
+    a continuation window's new part, of the seed of the bar's take."""
+    if take is None:
+        return np.random.default_rng([song.seed, part, *keys])
+    return np.random.default_rng([song.seed, part, *keys, TAKE_MARK, take])
 
 
 def gate_samples(song: Song, steps: float) -> int:

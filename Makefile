@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PROMPT ?= uplifting synthwave with a driving bassline and warm pads
 
-.PHONY: setup run test down bench clean
+.PHONY: setup run test test-data down bench clean
 
 setup: $(VENV)/.installed
 
@@ -21,8 +21,14 @@ run: setup
 	$(BIN)/longsong generate "$(PROMPT)" --duration 180 --bpm 110 --key "A minor" \
 		--section 0:intro --section 30:verse --section 84:chorus --section 138:bridge --wait --output out
 
-test: setup
+test: setup test-data
 	$(BIN)/python -m pytest -n 2  # two processes: most tests wait on servers, not on the CPU
+
+# Real recorded music with known tempo for the analyzer and seam tests: Debian's sonic-pi-samples (CC0 loops).
+TEST_PACKAGES := sonic-pi-samples
+test-data:
+	@dpkg -s $(TEST_PACKAGES) >/dev/null 2>&1 || { SUDO=$$(command -v sudo || true); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(TEST_PACKAGES); }
 
 down:
 	$(BIN)/longsong dev down

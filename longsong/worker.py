@@ -135,7 +135,14 @@ async def serve(kind: Kind, settings: Settings) -> None:
     queue = settings.gpu_queue if kind == "gpu" else settings.cpu_queue
     log.info("%s worker %s on queue %r %s, storage %s", kind.upper(), worker_identity(), queue, serves, storage.url)
     async with worker:
+        warm = None
+        if kind == "cpu":  # librosa's numba code compiles on first use: pay it now, beside the polling worker
+            from longsong.analysis.gate import warm_up
+
+            warm = asyncio.ensure_future(asyncio.to_thread(warm_up))
         await stop.wait()
+        if warm is not None and not warm.done():
+            log.info("stopping during the analysis warm-up")
         log.info("shutting down (grace %.0f s)", settings.shutdown_grace_s)
 
 

@@ -24,7 +24,7 @@ from longsong.workflows.messages import SegmentJob, SegmentRecord
 
 def parent_request(**kw) -> SongRequest:
     base = dict(prompt="warm lofi hip hop with soft keys", duration_s=84, bpm=86, key="F minor", formats=["wav"],
-                user_id="owner", seed=21, max_rerolls=0)
+                user_id="owner", seed=21)
     base.update(kw)
     return SongRequest(**base)
 

@@ -62,8 +62,12 @@ def test_song_end_to_end_in_process(temporal_address, storage, settings):
     assert result.duration_s == pytest.approx(60, abs=1e-4)
     assert abs(result.loudness_lufs - (-14)) <= 0.5 and result.true_peak_dbtp <= -1.0
     prefix = f"audio/tester/{req.request_id}/"
-    assert set(storage.list(prefix)) == {prefix + n for n in
-                                         ("track.mp3", "track.wav", "waveform.png", "metadata.json")}
+    keys = set(storage.list(prefix))
+    assert {k for k in keys if "/windows/" not in k} == {prefix + n for n in
+                                                         ("track.mp3", "track.wav", "waveform.png", "metadata.json")}
+    kinds = ("npy", "state", "json", "features", "quality.json")  # what extend/regenerate reuse
+    assert {k for k in keys if "/windows/" in k} == {f"{prefix}windows/seg-{i:03d}.{kind}" for i in range(3)
+                                                     for kind in kinds}
     assert storage.list(f"work/{req.request_id}/") == []  # scratch removed
     meta = json.loads(storage.get_bytes(prefix + "metadata.json"))
     assert meta["seed"] == 11 and meta["watermark"]["id"] == result.watermark_id
@@ -240,7 +244,8 @@ def test_segment_keys_are_deterministic_per_attempt(temporal_address, storage, s
 
     req = asyncio.run(main())
     keys = storage.list(f"work/{req.request_id}/")
-    assert keys == [f"work/{req.request_id}/seg-000.a1.{kind}" for kind in ("json", "npy", "state")]
+    assert keys == [f"work/{req.request_id}/seg-000.a1.{kind}" for kind in ("json", "npy", "state")] + [
+        f"work/{req.request_id}/seg-000.{kind}" for kind in ("features", "quality.json")]  # the gate's, one per re-roll
     stored = from_npy_bytes(storage.get_bytes(f"work/{req.request_id}/seg-000.a1.npy"))
     assert stored.shape == (2, 30 * 32000)
     record = SegmentRecord.from_json(storage.get_bytes(f"work/{req.request_id}/seg-000.a1.json"))

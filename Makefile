@@ -24,8 +24,9 @@ run: setup
 test: setup test-data
 	$(BIN)/python -m pytest -n 2  # two processes: most tests wait on servers, not on the CPU
 
-# Real recorded music with known tempo for the analyzer and seam tests: Debian's sonic-pi-samples (CC0 loops).
-TEST_PACKAGES := sonic-pi-samples
+# Ground truth for the analyzer and seam tests: real recorded loops of known tempo (sonic-pi-samples, CC0) and
+# sampled real instruments rendering MIDI of known key and tempo (fluidsynth + the FluidR3 GM soundfont).
+TEST_PACKAGES := sonic-pi-samples fluidsynth fluid-soundfont-gm
 test-data:
 	@dpkg -s $(TEST_PACKAGES) >/dev/null 2>&1 || { SUDO=$$(command -v sudo || true); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(TEST_PACKAGES); }

@@ -1,6 +1,6 @@
 """Window analyzers against ground truth: tempo, beat grid and key accuracy, defect detection, time per window.
 
-Ground truth (longsong/analysis/groundtruth.py says where each figure comes from):
+Ground truth (tests/groundtruth.py says where each figure comes from):
 - procedural songs of this project's engine over many bpm/key/genre combinations (what it was asked);
 - recorded loops of `sonic-pi-samples` (tempo from length and beat count; two tonal samples naming their key);
 - pieces in every key written as MIDI and rendered by `fluidsynth` with FluidR3_GM (`fluid-soundfont-gm`).
@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from collections import Counter, defaultdict
 
 import numpy as np
 
-from longsong.analysis import groundtruth as gt
 from longsong.analysis import key as keys
 from longsong.analysis import tempo
 from longsong.analysis.gate import analyze, warm_up
@@ -32,6 +32,9 @@ from longsong.engines.procedural import ProceduralEngine
 from longsong.frames import FRAME_RATE
 from longsong.plan import make_plan
 from longsong.request import Sampling, SongRequest, validate
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tests"))
+import groundtruth as gt  # noqa: E402  (the tests' ground truth: recordings and renders of known tempo and key)
 
 SR = 32000
 GENRES = ("synthwave", "house", "techno", "rock", "pop", "jazz", "blues", "hip hop", "trap", "ambient",

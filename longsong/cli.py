@@ -237,9 +237,9 @@ async def _follow(a: argparse.Namespace, lc, handle) -> int:
         print(f"done: {result.duration_s:.1f} s, {result.loudness_lufs:.1f} LUFS, "
               f"{result.true_peak_dbtp:.1f} dBTP, engine {result.engine} ({result.model}), seed {result.seed}")
         rerolls = sum(w.rerolls for w in result.windows if not w.inherited)
-        flagged = [str(w.index) for w in result.windows if not w.passed]
+        flagged = [f"{w.index + 1}/{len(result.windows)}" for w in result.windows if not w.passed]
         print(f"quality gate: {result.quality}" + (f", {rerolls} re-roll(s)" if result.quality != "off" else "")
-              + (f", flagged windows {', '.join(flagged)}" if flagged else "")
+              + (f", flagged: window {', '.join(flagged)}" if flagged else "")
               + (f"; continues song {result.parent_id}" if result.parent_id else ""))
         for name, path in summary["files"].items():
             print(f"  {name:9s} {path}")

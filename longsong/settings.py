@@ -20,6 +20,7 @@ from longsong.analysis.report import Thresholds
 from longsong.engines import ENGINE_NAMES
 
 DEV_WATERMARK_KEY = "longsong-dev-watermark-key"
+GATE_PREFIX = "LONGSONG_GATE_"
 MAX_LINK_EXPIRY = timedelta(days=7)  # SigV4 presigned URLs cannot live longer
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 _OFF = ("0", "off", "none", "false", "no", "disabled")
@@ -178,6 +179,8 @@ class Settings:
                                            "S3: lifecycle rule expiring failed songs' scratch (`off` disables)")
     retention_days: int | None = _var("LONGSONG_RETENTION_DAYS", "off", parse_days,
                                       "S3: lifecycle rule expiring finished tracks after N days", shown="off")
+    # The quality gate's limits: one LONGSONG_GATE_<NAME> variable per Thresholds field (read by the CPU worker).
+    thresholds: Thresholds = field(default_factory=Thresholds, metadata={"env": GATE_PREFIX + "*"})
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -186,10 +189,10 @@ class Settings:
             import os
 
             env = os.environ
-        values = {}
+        values: dict[str, Any] = {"thresholds": _thresholds(env)}
         for f in fields(cls):
             raw = env.get(f.metadata["env"], "")
-            if raw.strip():
+            if raw.strip() and "parse" in f.metadata:
                 values[f.name] = f.metadata["parse"](f.metadata["env"], raw)
         settings = replace(cls(**values), **overrides)
         if settings.storage_timeout_s >= settings.heartbeat_timeout_s:
@@ -207,22 +210,36 @@ class Settings:
         return self.ui_url or f"http://localhost:{self.dev_ui_port}"
 
     @property
-    def thresholds(self) -> Thresholds:
-        """The quality gate's limits (LONGSONG_GATE_*)."""
-        return Thresholds()
-
-    @property
     def watermark_secret(self) -> bytes:
         return self.watermark_key.encode()
 
 
+def _thresholds(env: Mapping[str, str]) -> Thresholds:
+    """LONGSONG_GATE_<FIELD> for each Thresholds field: a number, like its default."""
+    values = {}
+    for f in fields(Thresholds):
+        name = GATE_PREFIX + f.name.upper()
+        raw = env.get(name, "")
+        if raw.strip():
+            values[f.name] = _number(-120, 0)(name, raw) if f.default < 0 else _number(0, 1e6)(name, raw)
+    return Thresholds(**values)
+
+
 def variables() -> list[str]:
-    return [f.metadata["env"] for f in fields(Settings)]
+    plain = [f.metadata["env"] for f in fields(Settings) if "parse" in f.metadata]
+    return plain + [GATE_PREFIX + f.name.upper() for f in fields(Thresholds)]
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")  # a literal bar inside a table cell
 
 
 def markdown_table() -> str:
     rows = ["| variable | meaning | default |", "|---|---|---|"]
-    rows += [f"| `{f.metadata['env']}` | {f.metadata['doc']} | {f.metadata['shown']} |" for f in fields(Settings)]
+    rows += [f"| `{f.metadata['env']}` | {f.metadata['doc']} | {f.metadata['shown']} |" for f in fields(Settings)
+             if "parse" in f.metadata]
+    rows += [f"| `{GATE_PREFIX}{f.name.upper()}` | quality gate: {_cell(f.metadata['doc'])} | `{f.default:g}` |"
+             for f in fields(Thresholds)]
     return "\n".join(rows)
 
 

@@ -1,7 +1,7 @@
 """Window analyzers (longsong/analysis) against ground truth, and each measure against the defect it is for.
 
 Ground truth: procedural songs of known bpm/key; real recorded loops of the Debian package sonic-pi-samples
-(tempo from length and beat count, see longsong/analysis/groundtruth.py); pieces of known key and tempo
+(tempo from length and beat count, see tests/groundtruth.py); pieces of known key and tempo
 rendered with real sampled instruments by fluidsynth + fluid-soundfont-gm. None of it is skipped when a
 package is missing: the test fails and names the package to install.
 """
@@ -17,7 +17,7 @@ import numpy as np
 import pyloudnorm
 import pytest
 
-from longsong.analysis import groundtruth as gt
+import groundtruth as gt
 from longsong.analysis import key as keys
 from longsong.analysis import level, tempo
 from longsong.analysis.features import Features

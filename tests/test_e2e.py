@@ -97,6 +97,29 @@ def test_cli_makes_a_three_minute_track(stack, tmp_path):
     assert not [p for p in (home / "objects").glob("work/**/*") if p.is_file()]
 
 
+def test_cli_extends_and_redoes_a_song(stack, tmp_path):
+    env, home = stack
+    parent = cli("generate", "warm lofi hip hop with soft keys", "--duration", "48", "--bpm", "86", "--key", "F minor",
+                 "--format", "wav", "--request-id", "e2e-lofi", "--wait", "--json", "--output", str(tmp_path / "p"),
+                 env=env)
+    assert parent.returncode == 0, parent.stderr
+    ext = cli("extend", "e2e-lofi", "--duration", "30", "--section", "0:bridge, sparse keys", "--outro", "--wait",
+              "--json", "--output", str(tmp_path / "e"), env=env)
+    assert ext.returncode == 0, ext.stderr
+    res = json.loads(ext.stdout)
+    assert res["parent_id"] == "e2e-lofi" and res["duration_s"] == pytest.approx(78) and res["quality"] != "off"
+    meta = json.loads(Path(res["files"]["metadata"]).read_text())
+    assert meta["parent"] == {"request_id": "e2e-lofi", "kept_windows": 2, "from_s": 48.0}
+    assert [w["inherited_from"] for w in meta["windows"]][:2] == ["e2e-lofi"] * 2
+    redo = cli("regenerate", "e2e-lofi", "--from-window", "1", "--seed", "7", "--json", env=env)
+    assert redo.returncode == 0, redo.stderr
+    bad = cli("regenerate", "e2e-lofi", "--from-window", "5", env=env)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert bad.stderr.startswith("longsong: error: from_window: must be 1-1 (the song has 2 windows"), bad.stderr
+    missing = cli("extend", "no-such-song", "--duration", "30", env=env)
+    assert missing.returncode == 2 and "parent_id: no song no-such-song" in missing.stderr, missing.stderr
+
+
 def test_cli_rejects_bad_input_with_one_line(stack):
     env, home = stack
     before = sorted((home / "objects").rglob("*"))
@@ -187,7 +210,9 @@ def test_a_killed_gpu_worker_loses_no_finished_segment(tmp_path):
     up = cli("dev", "up", env=env)
     assert up.returncode == 0, up.stderr
     try:
-        submitted = cli("generate", "slow ambient drift", "--duration", "600", "--format", "wav", "--json", env=env)
+        # no quality gate: the windows run one after another, as this drill counts them
+        submitted = cli("generate", "slow ambient drift", "--duration", "600", "--format", "wav", "--max-rerolls", "0",
+                        "--json", env=env)
         assert submitted.returncode == 0, submitted.stderr
         song = json.loads(submitted.stdout)["workflow_id"]
         work = home / "objects" / "work" / song

@@ -61,7 +61,7 @@ CONTROL_PLANE_PATCH = "control-plane-2"
 # Songs started from this patch on: each window is judged on the CPU queue (while the next one already
 # generates) and re-rolled when it fails; songs can extend or redo a parent's windows. Validation revision 3.
 QUALITY_GATE_PATCH = "quality-gate-1"
-ANALYZE_TIMEOUT = timedelta(minutes=5)
+ANALYZE_TIMEOUT = timedelta(minutes=10)  # over the default storage outage budget, like the finishing activities
 
 
 def retry_policy(timing: Timing) -> RetryPolicy:
@@ -245,7 +245,7 @@ class SongWorkflow:
         label = f"judge window {seg.index + 1}/{self._total}" + (f", re-roll {reroll}" if reroll else "")
         return self._start("analyze_window", analyze_job(req, seg, out, history, reroll), result_type=WindowVerdict,
                            task_queue=self._job.cpu_queue, start_to_close_timeout=ANALYZE_TIMEOUT,
-                           retry_policy=self._retry, summary=label)
+                           heartbeat_timeout=self._heartbeat, retry_policy=self._retry, summary=label)
 
     async def _generate_gated(self, req: SongRequest, plan: Plan, parent: ParentWindows | None) -> list[KeptWindow]:
         """Window i is judged on the CPU queue while window i+1 already generates from it; when i fails, i+1 is
@@ -377,9 +377,9 @@ class SongWorkflow:
             eta = f", ETA {p.eta_s:.0f} s as of {workflow.now():%H:%M:%S} UTC" if self._v2 else f", ETA {p.eta_s:.0f} s"
         gate = ""
         if self._v3 and self._windows:
-            flagged = [str(w.index + 1) for w in self._windows if not w.passed]
+            flagged = [f"{w.index + 1}/{self._total}" for w in self._windows if not w.passed]
             gate = f"  \nquality gate: {self._rerolls} re-roll{'s' * (self._rerolls != 1)}"
-            gate += f", flagged windows {', '.join(flagged)}" if flagged else ", every kept window passed"
+            gate += f", flagged: window {', '.join(flagged)}" if flagged else ", every kept window passed"
             if self._gate_note:
                 gate += f"  \nlast re-roll: {self._gate_note}"
         workflow.set_current_details(

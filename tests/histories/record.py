@@ -15,6 +15,9 @@ from pathlib import Path
 
 from longsong.client import LongsongClient
 from longsong.devstack import dev_server
+from longsong.engines.faults import FaultyEngine
+from longsong.engines.procedural import ProceduralEngine
+from longsong.engines.registry import EngineRegistry
 from longsong.request import Section, SongRequest
 from longsong.settings import Settings
 from longsong.storage import FileStorage
@@ -32,15 +35,22 @@ SONGS = {
 
 
 async def record(address: str, storage: FileStorage, tag: str) -> None:
-    settings = Settings(gpu_queue="replay-gpu", cpu_queue="replay-cpu")
-    async with in_process(address, settings, storage) as client:
+    settings = Settings(gpu_queue="replay-gpu", cpu_queue="replay-cpu", storage=storage.url)
+    # window 1's first try is spoiled, so every recording holds a quality-gate re-roll
+    registry = EngineRegistry([FaultyEngine(ProceduralEngine(), {(1, 0): "silence"})])
+    async with in_process(address, settings, storage, registry) as client:
         lc = LongsongClient(client, settings)
-        for name, req in SONGS.items():
-            handle = await lc.submit(replace(req, request_id=f"{req.request_id}-{tag}"))
+
+        async def keep(name: str, handle) -> None:
             await lc.result(handle.workflow_id)
             history = await client.get_workflow_handle(handle.workflow_id).fetch_history()
             (HERE / f"{name}.{tag}.json").write_text(history.to_json())
             print("recorded", name)
+
+        for name, req in SONGS.items():
+            await keep(name, await lc.submit(replace(req, request_id=f"{req.request_id}-{tag}")))
+        parent = f"{SONGS['song-45s-sections'].request_id}-{tag}"
+        await keep("song-extended", await lc.extend(parent, 30, request_id=f"replay-extended-{tag}"))
 
 
 def main() -> None:

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 
 import pytest
+
+# Each test process keeps its own numba cache (librosa's compiled kernels): two xdist workers writing one cache
+# at once on a fresh install is how a worker can crash.
+os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"longsong-numba-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"))
 
 from longsong.devstack import dev_server
 from longsong.settings import Settings

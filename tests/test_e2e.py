@@ -111,7 +111,8 @@ def test_cli_extends_and_redoes_a_song(stack, tmp_path):
     meta = json.loads(Path(res["files"]["metadata"]).read_text())
     assert meta["parent"] == {"request_id": "e2e-lofi", "kept_windows": 2, "from_s": 48.0}
     assert [w["inherited_from"] for w in meta["windows"]][:2] == ["e2e-lofi"] * 2
-    redo = cli("regenerate", "e2e-lofi", "--from-window", "1", "--seed", "7", "--json", env=env)
+    redo = cli("regenerate", "e2e-lofi", "--from-window", "1", "--seed", "7", "--wait", "--json", "--output",
+               str(tmp_path / "r"), env=env)
     assert redo.returncode == 0, redo.stderr
     bad = cli("regenerate", "e2e-lofi", "--from-window", "5", env=env)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1

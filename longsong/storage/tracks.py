@@ -43,8 +43,10 @@ def incomplete_tracks(storage: Storage, prefix: str = AUDIO_PREFIX) -> list[str]
         folders.add(folder)
         if key == COMMIT_MARKER or key.endswith("/" + COMMIT_MARKER):
             committed.add(folder)
-    # Never report a folder that contains committed tracks (deleting it would delete them).
-    return sorted(f for f in folders - committed if not any(c.startswith(f) and c != f for c in committed))
+    # Never report a folder that contains committed tracks (deleting it would delete them), nor one inside a
+    # committed track (its windows/ folder).
+    return sorted(f for f in folders - committed
+                  if not any(c.startswith(f) and c != f or f.startswith(c) for c in committed))
 
 
 def track_keys(storage: Storage, folder: str) -> list[str]:

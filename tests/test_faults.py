@@ -45,7 +45,8 @@ def level_db(audio):
 
 
 def chroma(audio):
-    return librosa.feature.chroma_stft(y=mono(audio), sr=SR, tuning=0.0).mean(axis=1)  # A440 (the engines tune there); librosa's tuning estimate (a numba gufunc) segfaulted in a fresh venv
+    # at A440, where the engines tune: librosa's tuning estimate (a numba gufunc) segfaulted in a fresh venv
+    return librosa.feature.chroma_stft(y=mono(audio), sr=SR, tuning=0.0).mean(axis=1)
 
 
 @pytest.mark.parametrize("name", list(FAULTS))

@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[musicgen,test]'
+	$(BIN)/python -c "from longsong.analysis.gate import warm_up; warm_up()"  # librosa's numba kernels, cached once
 	touch $@
 
 run: setup

@@ -131,7 +131,7 @@ class SongWorkflow:
             if self._v3:
                 finish = replace(finish, quality=[w.quality for w in kept], features=[w.features_key for w in kept],
                                  reports=[w.report_key for w in kept], rejected=[w.rejected for w in kept],
-                                 max_rerolls=req.max_rerolls, parent=self._lineage(req, plan, parent))
+                                 max_rerolls=req.max_rerolls, parent=self._lineage(req, parent))
             finished: FinishOutcome = await self._run(
                 "finish_song",
                 finish,
@@ -182,7 +182,7 @@ class SongWorkflow:
             result.parent_id = req.parent_id
         return result
 
-    def _lineage(self, req: SongRequest, plan: Plan, parent: ParentWindows | None) -> Lineage | None:
+    def _lineage(self, req: SongRequest, parent: ParentWindows | None) -> Lineage | None:
         if parent is None:
             return None
         last = parent.segments[-1]

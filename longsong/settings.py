@@ -179,6 +179,32 @@ class Settings:
                                            "S3: lifecycle rule expiring failed songs' scratch (`off` disables)")
     retention_days: int | None = _var("LONGSONG_RETENTION_DAYS", "off", parse_days,
                                       "S3: lifecycle rule expiring finished tracks after N days", shown="off")
+    api_host: str = _var("LONGSONG_API_HOST", "127.0.0.1", _text, "HTTP API: address `longsong serve` listens on")
+    api_port: int = _var("LONGSONG_API_PORT", "8000", _number(1, 65535, integer=True), "HTTP API port")
+    database_url: str = _var("LONGSONG_DATABASE_URL", "", _text,
+                             "API keys, usage and quotas: an SQLAlchemy URL (`postgresql+psycopg://…`)",
+                             shown="`sqlite:///$LONGSONG_HOME/longsong.db`")
+    quota_concurrent: int = _var("LONGSONG_QUOTA_CONCURRENT", "5", _number(0, 100000, integer=True),
+                                 "default quota: songs running at once per user")
+    quota_daily_minutes: float = _var("LONGSONG_QUOTA_DAILY_MINUTES", "120", _number(0, 1e7),
+                                      "default quota: minutes of audio per user per UTC day")
+    quota_monthly_minutes: float = _var("LONGSONG_QUOTA_MONTHLY_MINUTES", "1200", _number(0, 1e8),
+                                        "default quota: minutes of audio per user per UTC month")
+    rate_per_s: float = _var("LONGSONG_RATE_PER_S", "10", _number(0.01, 1e6),
+                             "default rate limit: API requests per second per user (token bucket refill)")
+    rate_burst: int = _var("LONGSONG_RATE_BURST", "40", _number(1, 1e6, integer=True),
+                           "default rate limit: token bucket size (requests allowed at once)")
+    webhook_secret: str = _var("LONGSONG_WEBHOOK_SECRET", "longsong-dev-webhook-secret", _text,
+                               "master secret each key's webhook signing secret is derived from",
+                               shown="a development key")
+    webhook_allow_private: bool = _var("LONGSONG_WEBHOOK_ALLOW_PRIVATE", "0", _flag,
+                                       "`1` allows `http` callback URLs and loopback/private addresses "
+                                       "(development only)", shown="off")
+    metrics_addr: str = _var("LONGSONG_METRICS_ADDR", "", _text,
+                             "worker: `host:port` of its Prometheus `/metrics` (the API serves `/metrics` on "
+                             "its own port)", shown="off")
+    log_format: str = _var("LONGSONG_LOG_FORMAT", "json", _choice("json", "text"),
+                           "log lines: `json` (one object per line) or `text` (the dev stack)")
     # The quality gate's limits: one LONGSONG_GATE_<NAME> variable per Thresholds field (read by the CPU worker).
     thresholds: Thresholds = field(default_factory=Thresholds, metadata={"env": GATE_PREFIX + "*"})
 
@@ -204,6 +230,10 @@ class Settings:
     @property
     def storage_url(self) -> str:
         return self.storage or (self.home / "objects").as_uri()
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'longsong.db'}"
 
     @property
     def web_ui(self) -> str:

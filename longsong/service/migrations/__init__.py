@@ -1,0 +1,1 @@
+"""Alembic's environment and revisions for the service database (`Database.open` runs them; no alembic.ini)."""

@@ -1,0 +1,1 @@
+"""The service database's schema revisions, oldest first (0001, 0002, ...)."""

@@ -18,7 +18,8 @@ from longsong.engines import ENGINE_NAMES
 # as a whole string, texts reject control characters, ANSI escapes, lone surrogates and invisible-only
 # values, and wrong types (key, sections) name the field instead of raising AttributeError/TypeError.
 # Revision 3 (the quality-gate patch): max_rerolls, outro, parent_id and keep_windows are checked.
-VALIDATION_REVISION = 3
+# Revision 4 (the service patch): callback_url (its form; the address policy is checked at submission and delivery).
+VALIDATION_REVISION = 4
 MAX_REROLLS = 5
 
 FORMATS = ("wav", "flac", "mp3", "opus")
@@ -92,6 +93,7 @@ class SongRequest:
     outro: bool | None = None  # outro text on the last window: None as before (only without sections)
     parent_id: str | None = None  # extend/regenerate: the song whose first `keep_windows` windows are reused
     keep_windows: int | None = None
+    callback_url: str | None = None  # POSTed a signed event when the song completes, fails or is cancelled
 
 
 def _bound(x: float) -> str:
@@ -197,8 +199,65 @@ def validate(req: SongRequest, revision: int = VALIDATION_REVISION) -> SongReque
     sections = _sections(req.sections, req.duration_s, revision)
     if revision >= 3:
         _derived(req)
+    if revision >= 4 and req.callback_url is not None:
+        check_callback_syntax(req.callback_url)
     return replace(req, prompt=prompt, genre=genre, mood=mood, key=key, formats=formats,
                    sections=sections)
+
+
+CALLBACK_RULE = "an absolute https URL whose host resolves to public addresses only"
+MAX_URL_LENGTH = 2000
+
+
+def _callback(problem: str) -> InvalidRequest:
+    return InvalidRequest("callback_url", f"{problem}; must be {CALLBACK_RULE}")
+
+
+def check_callback_syntax(url: object) -> str:
+    """callback_url's shape only, no DNS and no policy (safe in workflow code): an absolute http(s) URL with a
+    host, at most 2000 characters, no user:password@ part, no whitespace or control characters. Which schemes
+    and addresses are allowed is a deployment policy, checked with DNS by longsong.webhooks."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(url, str) or not url:
+        raise _callback("missing or not a string")
+    if len(url) > MAX_URL_LENGTH:
+        raise _callback(f"{len(url)} characters, over {MAX_URL_LENGTH}")
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        raise _callback("contains whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed [IPv6 literal
+        raise _callback("not a well-formed URL") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise _callback(f"scheme {parts.scheme!r} is not https" if parts.scheme else "not an absolute URL")
+    if "@" in parts.netloc:
+        raise _callback("credentials (user:password@) are not allowed in the URL")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        raise _callback("the port is not a number between 0 and 65535") from None
+    if not parts.hostname:
+        raise _callback("no host")
+    return url
+
+
+def problems(req: SongRequest, limit: int = 40) -> list[InvalidRequest]:
+    """Every field's problem, not only the first (the HTTP API answers one message per field): validate,
+    set the failing field back to its default, repeat. The messages are validate's own."""
+    found: list[InvalidRequest] = []
+    defaults = SongRequest(prompt="x")
+    for _ in range(limit):
+        try:
+            validate(req)
+            return found
+        except InvalidRequest as e:
+            found.append(e)
+            name = e.field.split(".")[0].split("[")[0]
+            if not hasattr(defaults, name) or getattr(req, name) == getattr(defaults, name):
+                return found  # a cross-field rule the default does not settle: stop at it
+            req = replace(req, **{name: getattr(defaults, name)})
+    return found
 
 
 def _derived(req: SongRequest) -> None:

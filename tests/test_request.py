@@ -2,7 +2,7 @@
 
 import pytest
 
-from longsong.request import VALIDATION_REVISION, InvalidRequest, Section, SongRequest, validate
+from longsong.request import VALIDATION_REVISION, InvalidRequest, Section, SongRequest, problems, validate
 
 
 def test_defaults_are_valid_and_normalized():
@@ -119,7 +119,7 @@ def test_revision_1_keeps_its_crashes(changes, error):
 
 
 def test_default_is_the_newest_revision():
-    assert VALIDATION_REVISION == 3
+    assert VALIDATION_REVISION == 4
     with pytest.raises(InvalidRequest, match="request_id"):
         validate(SongRequest(prompt="ok", request_id="abc\n"))
 
@@ -155,3 +155,22 @@ def test_message_is_one_line_even_for_a_multiline_repr():
 
     err = InvalidRequest("duration_s", f"must be a number, got {Odd()!r}")
     assert str(err) == "duration_s: must be a number, got odd\\nvalue"
+
+
+@pytest.mark.parametrize("url", ["ftp://host/x", "/relative", "https://", "https://user:pw@host/x", "https://h:99999/",
+                                 "https://host/a b", "https://" + "a" * 2000 + ".com", 42])
+def test_revision_4_checks_callback_url_form(url):
+    with pytest.raises(InvalidRequest, match="^callback_url: "):
+        validate(SongRequest(prompt="ok", callback_url=url))
+    assert validate(SongRequest(prompt="ok", callback_url=url), revision=3).callback_url == url  # older songs
+
+
+def test_problems_lists_every_field_with_validate_messages():
+    req = SongRequest(prompt="", duration_s=5, bpm="x", formats=["ogg"], seed=-1)
+    found = problems(req)
+    assert [e.field for e in found] == ["prompt", "duration_s", "bpm", "seed", "formats"]
+    for e in found:
+        with pytest.raises(InvalidRequest) as one:
+            validate(SongRequest(**{"prompt": "ok", e.field: getattr(req, e.field)}))
+        assert str(one.value) == str(e)
+    assert problems(SongRequest(prompt="fine")) == []

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, replace
 
 from longsong.workflows.messages import (
     AnalyzeJob,
+    Lineage,
+    ParentWindows,
     SegmentJob,
     SegmentOutcome,
     WindowQuality,
@@ -84,3 +86,11 @@ def analyze_job(req: SongRequest, seg: Segment, out: SegmentOutcome, history: li
                       (seg.start_frame + seg.context_frames) / FRAME_RATE, out.sample_rate, req.bpm, req.key,
                       history, segment_key(req.request_id, seg.index, "features", reroll),
                       segment_key(req.request_id, seg.index, "quality.json", reroll))
+
+
+def lineage(req: SongRequest, parent: ParentWindows | None) -> Lineage | None:
+    """The manifest's `parent` entry of a derived song: which song, how many windows, up to when."""
+    if parent is None:
+        return None
+    last = parent.segments[-1]
+    return Lineage(req.parent_id or "", len(parent.segments), (last.start_frame + last.n_frames) / FRAME_RATE)

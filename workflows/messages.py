@@ -267,6 +267,7 @@ class SongJob:
     gpu_queue: str
     cpu_queue: str
     timing: Timing = field(default_factory=Timing)
+    key_id: str | None = None  # the API key that submitted it: its webhook secret signs the callback
 
 
 @dataclass

@@ -15,10 +15,12 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
+    from longsong.workflows import outcome
     from longsong.workflows.gate import (
         KeptWindow,
         analyze_job,
         decided,
+        lineage,
         keep,
         reroll_summary,
         unjudged,
@@ -32,7 +34,6 @@ with workflow.unsafe.imports_passed_through():
         USER,
         FinishJob,
         FinishOutcome,
-        Lineage,
         ParentJob,
         ParentWindows,
         Progress,
@@ -47,7 +48,6 @@ with workflow.unsafe.imports_passed_through():
         track_prefix,
     )
 
-    from longsong.frames import FRAME_RATE
     from longsong.plan import Plan, Segment, make_plan
     from longsong.request import InvalidRequest, Sampling, SongRequest, validate
 
@@ -61,6 +61,8 @@ CONTROL_PLANE_PATCH = "control-plane-2"
 # Songs started from this patch on: each window is judged on the CPU queue (while the next one already
 # generates) and re-rolled when it fails; songs can extend or redo a parent's windows. Validation revision 3.
 QUALITY_GATE_PATCH = "quality-gate-1"
+# From this patch on: callback_url is checked (validation revision 4) and told how the song ended (outcome.py).
+SERVICE_PATCH = "service-1"
 ANALYZE_TIMEOUT = timedelta(minutes=10)  # over the default storage outage budget, like the finishing activities
 
 
@@ -92,15 +94,28 @@ class SongWorkflow:
     async def run(self, job: SongJob) -> SongResult:
         self._started = workflow.now()
         self._job = job
-        self._retry = retry_policy(job.timing)
-        self._heartbeat = timedelta(seconds=job.timing.heartbeat_timeout_s)
+        self._req: SongRequest | None = None  # once validated
         self._v2 = workflow.patched(CONTROL_PLANE_PATCH)
         self._v3 = self._v2 and workflow.patched(QUALITY_GATE_PATCH)
+        self._v4 = self._v3 and workflow.patched(SERVICE_PATCH)
+        outcome.started(job)
         try:
-            req = validate(job.request, revision=3 if self._v3 else 2 if self._v2 else 1)
+            result = await self._song(job)
+        except (Exception, asyncio.CancelledError) as e:
+            await outcome.ended(job, self._req, self._started, None, e, self._v4)
+            raise
+        await outcome.ended(job, self._req, self._started, result, None, self._v4)
+        return result
+
+    async def _song(self, job: SongJob) -> SongResult:
+        self._retry = retry_policy(job.timing)
+        self._heartbeat = timedelta(seconds=job.timing.heartbeat_timeout_s)
+        try:
+            req = validate(job.request, revision=4 if self._v4 else 3 if self._v3 else 2 if self._v2 else 1)
         except InvalidRequest as e:
             self._stage = "failed"
             raise ApplicationError(str(e), type="InvalidRequest", non_retryable=True) from None
+        self._req = req
         seed = req.seed if req.seed is not None else workflow.random().randrange(2**31)
         watermark_id = workflow.random().getrandbits(32)
         workflow.upsert_search_attributes([USER.value_set(req.user_id), ENGINE.value_set(req.engine)])
@@ -131,7 +146,7 @@ class SongWorkflow:
             if self._v3:
                 finish = replace(finish, quality=[w.quality for w in kept], features=[w.features_key for w in kept],
                                  reports=[w.report_key for w in kept], rejected=[w.rejected for w in kept],
-                                 max_rerolls=req.max_rerolls, parent=self._lineage(req, parent))
+                                 max_rerolls=req.max_rerolls, parent=lineage(req, parent))
             finished: FinishOutcome = await self._run(
                 "finish_song",
                 finish,
@@ -181,12 +196,6 @@ class SongWorkflow:
                               "flagged" if any(not w.passed for w in self._windows) else "passed")
             result.parent_id = req.parent_id
         return result
-
-    def _lineage(self, req: SongRequest, parent: ParentWindows | None) -> Lineage | None:
-        if parent is None:
-            return None
-        last = parent.segments[-1]
-        return Lineage(req.parent_id or "", len(parent.segments), (last.start_frame + last.n_frames) / FRAME_RATE)
 
     async def _run(self, activity: str, arg, **options):
         """execute_activity where a cancel always wins: once the song is cancelled the running activity is asked

@@ -11,8 +11,22 @@ from longsong.activities.errors import classified, worker_identity
 from longsong.audio.npy import to_npy_bytes
 from longsong.engines.base import EngineError, TransientEngineError, WindowRequest
 from longsong.engines.registry import EngineRegistry
+from longsong.frames import FRAME_RATE
 from longsong.storage import Storage
 from longsong.workflows.messages import SegmentJob, SegmentOutcome, SegmentRecord, attempt_key
+from longsong.workflows.metrics import WINDOW_RTF, WINDOW_SECONDS
+
+
+def record_window(engine: str, model: str, index: int, generate_s: float, new_s: float) -> None:
+    """The window's generation time and real-time factor (wall time per second of new audio; under 1 is
+    faster than real time) on the worker's metrics endpoint, and one log line carrying the window index."""
+    labels = {"engine": engine, "model": model}
+    meter = activity.metric_meter()
+    meter.create_histogram_float(WINDOW_SECONDS, "generation wall time of one window", "s").record(generate_s, labels)
+    rtf = generate_s / new_s if new_s > 0 else 0.0
+    meter.create_histogram_float(WINDOW_RTF, "window generation time / seconds of new audio").record(rtf, labels)
+    activity.logger.info("window %d generated in %.2f s (%.1f s new, RTF %.3f)", index, generate_s, new_s, rtf,
+                         extra={"window": index})
 
 
 class SegmentActivities:
@@ -50,6 +64,7 @@ class SegmentActivities:
             except TransientEngineError as e:
                 raise ApplicationError(str(e), type="TransientEngineError") from e
             generate_s = time.perf_counter() - t0
+            record_window(engine.name, engine.model, seg.index, generate_s, seg.new_frames / FRAME_RATE)
             keys = [job.audio_key, job.state_key, job.record_key]
             if job.write_once:
                 keys = [attempt_key(key, info.attempt) for key in keys]

@@ -66,17 +66,19 @@ def build_worker(kind: Kind, client: Client, settings: Settings, storage: Storag
             deployment_config=deployment,
         )
     from longsong.activities.finish import FinishActivities
+    from longsong.activities.notify import NotifyActivities
     from longsong.activities.quality import QualityActivities
     from longsong.workflows import SongWorkflow
+    from longsong.workflows.notify import WebhookWorkflow
 
     acts = FinishActivities(storage, settings)
     gate = QualityActivities(storage, settings)
     return Worker(
         client,
         task_queue=settings.cpu_queue,
-        workflows=[SongWorkflow],
+        workflows=[SongWorkflow, WebhookWorkflow],
         activities=[acts.finish_song, acts.cleanup_scratch, acts.unpublish_track, gate.analyze_window,
-                    gate.load_parent],
+                    gate.load_parent, NotifyActivities(settings).send_webhook],
         activity_executor=ThreadPoolExecutor(settings.cpu_concurrency, thread_name_prefix="post"),
         max_concurrent_activities=settings.cpu_concurrency,
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
@@ -87,24 +89,28 @@ def build_worker(kind: Kind, client: Client, settings: Settings, storage: Storag
 
 
 @contextlib.asynccontextmanager
-async def in_process(address: str, settings: Settings, storage: Storage, registry=None) -> AsyncIterator[Client]:
+async def in_process(address: str, settings: Settings, storage: Storage, registry=None, *, runtime=None,
+                     interceptors=()) -> AsyncIterator[Client]:
     """Both workers in this process, as the worker processes configure them (the procedural engine
-    unless `registry` says otherwise); yields their client. For tests, benchmarks, the history recorder."""
+    unless `registry` says otherwise); yields their client, on `runtime` (metrics) with `interceptors`
+    (tracing) when given. For tests, benchmarks, the history recorder."""
     if registry is None:
         from longsong.engines.procedural import ProceduralEngine
         from longsong.engines.registry import EngineRegistry
 
         registry = EngineRegistry([ProceduralEngine()])
     install_storage_heartbeat()  # storage calls in activities heartbeat while they wait out an outage
-    client = await Client.connect(address)
+    client = await Client.connect(address, runtime=runtime, interceptors=list(interceptors))
     async with build_worker("gpu", client, settings, storage, registry), build_worker("cpu", client, settings, storage):
         yield client
 
 
 async def serve(kind: Kind, settings: Settings) -> None:
     """Prepare what the worker needs (engines or ffmpeg, the store), connect, run until SIGTERM/SIGINT."""
+    from longsong import telemetry
     from longsong.client import connect
 
+    runtime = telemetry.runtime(settings)  # a bad or taken LONGSONG_METRICS_ADDR fails before models load
     registry = None
     if kind == "gpu":
         from longsong.engines.registry import EngineRegistry
@@ -127,33 +133,40 @@ async def serve(kind: Kind, settings: Settings) -> None:
     swept = [p.name for p in sweep(tmp)] + storage.sweep_temporary()
     if swept:
         log.info("removed %d stale temporary entries (%s)", len(swept), ", ".join(sorted(swept)[:5]))
-    client = await connect(settings=settings)
+    client = await connect(settings=settings, runtime=runtime, interceptors=telemetry.interceptors(f"worker-{kind}"))
     worker = build_worker(kind, client, settings, storage, registry)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     queue = settings.gpu_queue if kind == "gpu" else settings.cpu_queue
-    log.info("%s worker %s on queue %r %s, storage %s", kind.upper(), worker_identity(), queue, serves, storage.url)
-    async with worker:
-        warm = None
-        if kind == "cpu":  # librosa's numba code compiles on first use: pay it now, beside the polling worker
-            from longsong.analysis.gate import warm_up
+    metrics = f", metrics on http://{settings.metrics_addr}/metrics" if settings.metrics_addr else ""
+    log.info("%s worker %s on queue %r %s, storage %s%s", kind.upper(), worker_identity(), queue, serves,
+             storage.url, metrics)
+    try:
+        async with worker:
+            warm = None
+            if kind == "cpu":  # librosa's numba code compiles on first use: pay it now, beside the polling worker
+                from longsong.analysis.gate import warm_up
 
-            warm = asyncio.ensure_future(asyncio.to_thread(warm_up))
-        await stop.wait()
-        if warm is not None and not warm.done():
-            log.info("stopping during the analysis warm-up")
-        log.info("shutting down (grace %.0f s)", settings.shutdown_grace_s)
+                warm = asyncio.ensure_future(asyncio.to_thread(warm_up))
+            await stop.wait()
+            if warm is not None and not warm.done():
+                log.info("stopping during the analysis warm-up")
+            log.info("shutting down (grace %.0f s)", settings.shutdown_grace_s)
+    finally:
+        telemetry.shutdown()
 
 
 def run(kind: Kind) -> NoReturn:
     """Run one worker process; a known start-up failure is one line on stderr and exit code 2."""
     from longsong.audio.encode import FfmpegMissing
     from longsong.engines.base import EngineError
+    from longsong.telemetry import setup_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(serve(kind, Settings.from_env()))
+        settings = Settings.from_env()
+        setup_logging(settings, f"worker-{kind}")
+        asyncio.run(serve(kind, settings))
     except (SettingsError, EngineError, FfmpegMissing, StorageError, StorageUnavailable, ConnectionError,
             ValueError) as e:
         print(f"worker_{kind}: {e}", file=sys.stderr)

@@ -1,18 +1,23 @@
-"""Keep deploy/ honest without Docker: the compose file, the Kubernetes manifests, .env.example and the
-Dockerfiles must agree with the code (task queue names, settings the code reads, Worker Deployment name and
-build ids, search attributes, console-script entrypoints)."""
+"""Keep deploy/ honest without Docker: the compose file, the Kubernetes manifests, .env.example, the Dockerfiles
+and the Prometheus / Grafana config must agree with the code and with each other (task queue names, settings
+the code reads, Worker Deployment name and build ids, search attributes, console-script entrypoints, API port
+and probes, metrics targets). The API database's init script runs against a real PostgreSQL server."""
 
 from __future__ import annotations
 
 import ast
+import json
+import os
 import re
 import shutil
 import subprocess
+import tempfile
 import tomllib
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+import sqlalchemy
 import yaml
 
 from longsong.settings import Settings, parse_days, parse_duration, variables
@@ -23,6 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 WORKERS = K8S / "workers"
+API = K8S / "api"
+PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
+DB_INIT = DEPLOY / "postgres" / "init-longsong.sh"
 BUILD_LABEL = "longsong.io/build-id"
 # A build id is an image tag and, on Kubernetes, part of object names and a label value.
 BUILD_ID = re.compile(r"[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?")
@@ -38,7 +46,8 @@ ENVCONFIG = {"TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "TEMPORAL_API_KEY", "TEMP
              "TEMPORAL_TLS_SERVER_NAME", "TEMPORAL_TLS_DISABLE_HOST_VERIFICATION", "TEMPORAL_PROFILE",
              "TEMPORAL_CONFIG_FILE"}
 SERVICES = {"postgresql", "temporal-schema", "temporal", "temporal-init", "temporal-ui", "minio", "minio-init",
-            "worker-gpu", "worker-cpu", "worker-gpu-next", "worker-cpu-next"}
+            "worker-gpu", "worker-cpu", "worker-gpu-next", "worker-cpu-next", "api-db-init", "api", "prometheus",
+            "grafana"}
 WORKERS_COMPOSE = ("worker-gpu", "worker-cpu", "worker-gpu-next", "worker-cpu-next")
 
 
@@ -97,6 +106,25 @@ def pyproject() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
+def metrics_port() -> int:
+    """The workers' Prometheus port (LONGSONG_METRICS_ADDR in .env.example)."""
+    env, _ = env_example()
+    return int(env["LONGSONG_METRICS_ADDR"].rsplit(":", 1)[1])
+
+
+def container_port(container: dict, port: int | str) -> int:
+    """A probe's or a Service's port, a number or a port name, as the container's port number."""
+    if isinstance(port, int):
+        return port
+    (number,) = [p["containerPort"] for p in container["ports"] if p["name"] == port]
+    return number
+
+
+def published(service: dict) -> set[int]:
+    """Container-side ports of a compose service's `ports` ("host:container")."""
+    return {int(str(p).rsplit(":", 1)[1]) for p in service.get("ports", [])}
+
+
 # ------------------------------------------------------------------------------------------ .env.example
 
 
@@ -125,6 +153,11 @@ def test_env_example_values_are_valid():
     assert int(env["LONGSONG_SHUTDOWN_GRACE_S"]) > 0
     assert env["HF_HOME"].startswith("/")
     assert "TEMPORAL_API_KEY" not in env  # an empty API key would still turn TLS on: keep it commented out
+    assert ":" not in env["LONGSONG_IMAGE_API"]
+    settings = Settings.from_env(env)  # every LONGSONG_* value set there parses
+    assert settings.webhook_secret != Settings.webhook_secret, "LONGSONG_WEBHOOK_SECRET: not the development key"
+    assert re.fullmatch(r"[A-Za-z0-9._~-]+", env["API_DB_PASSWORD"])  # it goes into LONGSONG_DATABASE_URL unquoted
+    assert env["LONGSONG_METRICS_ADDR"].startswith("0.0.0.0:") and 0 < metrics_port() < 65536
 
 
 # ------------------------------------------------------------------------------------------ compose
@@ -133,7 +166,7 @@ def test_env_example_values_are_valid():
 def test_compose_services_and_healthchecks():
     services = compose()["services"]
     assert set(services) == SERVICES
-    for name in ("postgresql", "temporal", "minio", "worker-gpu", "worker-cpu"):
+    for name in ("postgresql", "temporal", "minio", "worker-gpu", "worker-cpu", "api", "prometheus"):
         assert "healthcheck" in services[name], name
     assert "auto-setup" not in services["temporal"]["image"]  # deprecated image
     assert services["temporal"]["environment"]["DB"] == "postgres12"
@@ -220,6 +253,166 @@ def test_compose_bucket_and_search_attributes():
     assert init_env["AWS_ACCESS_KEY_ID"].startswith("${AWS_ACCESS_KEY_ID")
 
 
+def cli_commands() -> set[str]:
+    from longsong.cli import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if a.dest == "command"]
+    return set(sub.choices)
+
+
+def test_compose_api():
+    """`longsong serve` from the CPU image, listening on the port it publishes and its healthcheck asks
+    (/readyz), on the database api-db-init creates, after Temporal, MinIO and that database are ready."""
+    services = compose()["services"]
+    api, env = services["api"], env_example()[0]
+    assert api["build"] == services["worker-cpu"]["build"]
+    assert api["image"].startswith("${LONGSONG_IMAGE_API:-" + env["LONGSONG_IMAGE_API"] + "}:${LONGSONG_BUILD_ID:?")
+    assert api["entrypoint"] == ["longsong", "serve"]
+    assert api["entrypoint"][0] in pyproject()["project"]["scripts"]
+    assert "serve" in cli_commands(), "longsong/cli.py has no `serve` command"
+    assert api["env_file"] == [".env"]  # TEMPORAL_*, storage, quotas and LONGSONG_WEBHOOK_SECRET like the workers
+    settings = Settings.from_env({**env, **api["environment"]})
+    assert settings.api_host == "0.0.0.0"
+    assert settings.api_port in published(api)
+    check = " ".join(api["healthcheck"]["test"])
+    assert f":{settings.api_port}/readyz" in check and check.startswith("CMD python -c")  # no curl in python-slim
+    deps = {name: d["condition"] for name, d in api["depends_on"].items()}
+    assert deps == {"postgresql": "service_healthy", "api-db-init": "service_completed_successfully",
+                    "temporal-init": "service_completed_successfully", "minio-init": "service_completed_successfully"}
+    url = sqlalchemy.engine.make_url(settings.database)
+    role, db = (re.search(rf'{name}="\$\{{{var}:-([a-z_]+)\}}"', DB_INIT.read_text()).group(1)
+                for name, var in (("role", "API_DB_USER"), ("db", "API_DB_NAME")))
+    assert (url.drivername, url.host, url.port, url.username, url.database) == (
+        "postgresql+psycopg", "postgresql", 5432, role, db)
+    assert url.password == "${API_DB_PASSWORD}"
+    init = services["api-db-init"]
+    assert init["image"] == services["postgresql"]["image"]  # psql and pg_isready of the server's version
+    assert init["environment"]["API_DB_PASSWORD"].startswith("${API_DB_PASSWORD")
+    assert init["environment"]["PGUSER"] == services["postgresql"]["environment"]["POSTGRES_USER"]
+    required = set(re.findall(r"\$\{([A-Z_]+):\?", DB_INIT.read_text()))
+    assert required <= set(init["environment"]), required - set(init["environment"])
+
+
+def prometheus_targets() -> dict[str, tuple[int, str]]:
+    """host -> (port, metrics path) of every scrape target of deploy/prometheus/prometheus.yml."""
+    assert PROMETHEUS.exists(), "deploy/prometheus/prometheus.yml is missing (the scrape config of api and workers)"
+    targets = {}
+    for job in yaml.safe_load(PROMETHEUS.read_text())["scrape_configs"]:
+        hosts = [t for static in job.get("static_configs", []) for t in static["targets"]]
+        hosts += [f"{n}:{sd['port']}" for sd in job.get("dns_sd_configs", []) for n in sd["names"]]
+        for target in hosts:
+            host, port = target.rsplit(":", 1)
+            targets[host] = (int(port), job.get("metrics_path", "/metrics"))
+    return targets
+
+
+def test_compose_prometheus_scrapes_api_and_workers():
+    services = compose()["services"]
+    prometheus = services["prometheus"]
+    targets = prometheus_targets()
+    unknown = set(targets) - set(services) - {"localhost"}
+    assert not unknown, f"prometheus.yml scrapes hosts that are no compose service: {unknown}"
+    api_port = Settings.from_env(services["api"]["environment"]).api_port
+    assert targets.get("api") == (api_port, "/metrics")
+    for worker in WORKERS_COMPOSE:
+        assert targets.get(worker) == (metrics_port(), "/metrics"), worker
+    config = next(a.split("=", 1)[1] for a in prometheus["command"] if a.startswith("--config.file="))
+    assert f"./prometheus/prometheus.yml:{config}:ro" in prometheus["volumes"]
+    assert 9090 in published(prometheus) and "9090/-/ready" in " ".join(prometheus["healthcheck"]["test"])
+
+
+def test_compose_grafana_provisioning():
+    """Grafana's read-only mounts exist; its data source is the prometheus service, its dashboard provider reads
+    the mounted dashboards folder, and the home dashboard is one of them."""
+    services = compose()["services"]
+    grafana = services["grafana"]
+    mounts = {}
+    for volume in grafana["volumes"]:
+        source, inside, *mode = volume.split(":")
+        if source.startswith("./"):
+            assert mode == ["ro"], volume
+            assert (DEPLOY / source).exists(), f"deploy/{source[2:]} is missing (grafana mounts it at {inside})"
+            mounts[inside] = DEPLOY / source
+
+    def provisioned(folder: str, key: str) -> list[dict]:
+        files = sorted(mounts[f"/etc/grafana/provisioning/{folder}"].glob("*.y*ml"))
+        return [item for f in files for item in yaml.safe_load(f.read_text()).get(key, [])]
+
+    sources = [d for d in provisioned("datasources", "datasources") if d["type"] == "prometheus"]
+    assert len(sources) == 1, f"one provisioned Prometheus data source, found {len(sources)}"
+    url = urlparse(sources[0]["url"])
+    assert url.hostname == "prometheus" and url.port in published(services["prometheus"]), url.geturl()
+    paths = {p["options"]["path"] for p in provisioned("dashboards", "providers")}
+    read = [m for m in mounts if m in paths]
+    assert len(read) == 1, f"dashboard providers read {sorted(paths)}; grafana mounts {sorted(mounts)}"
+    inside = read[0]
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(inside + "/")
+    dashboard = json.loads((mounts[inside] / home.removeprefix(inside + "/")).read_text())
+    assert dashboard["panels"], home
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    assert 3000 in published(grafana)
+
+
+def postgres_bindir() -> Path | None:
+    found = shutil.which("pg_ctl") or max(map(str, Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")),
+                                          key=lambda p: int(Path(p).parts[-3]), default=None)
+    return Path(found).parent if found else None
+
+
+@pytest.fixture
+def postgres_superuser():
+    """A real PostgreSQL server on a Unix socket whose superuser `temporal` has a password, as the compose
+    stack's; yields the libpq environment to reach it. initdb refuses root, so as root it runs as `postgres`."""
+    bindir = postgres_bindir()
+    if not bindir:
+        pytest.skip("PostgreSQL server not installed (apt-get install postgresql; `make test-data`)")
+    owner = "postgres" if os.geteuid() == 0 else None
+    root = Path(tempfile.mkdtemp(prefix="longsong-pg-"))  # not tmp_path: the server's user must reach it
+    data = root / "data"
+    try:
+        (root / "pw").write_text("temporal-pw\n")
+        if owner:
+            for path in (root, root / "pw"):
+                shutil.chown(path, owner)
+        subprocess.run([bindir / "initdb", "-D", data, "-U", "temporal", f"--pwfile={root / 'pw'}",
+                        "--auth=scram-sha-256"], check=True, capture_output=True, user=owner)
+        subprocess.run([bindir / "pg_ctl", "-D", data, "-w", "-l", root / "log", "-o",
+                        f"-c listen_addresses='' -k {root}", "start"], check=True, capture_output=True, user=owner)
+        yield {"PATH": f"{bindir}:{os.environ['PATH']}", "PGHOST": str(root), "PGUSER": "temporal",
+               "PGPASSWORD": "temporal-pw"}
+    finally:
+        subprocess.run([bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True, user=owner)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_api_db_init_on_a_real_server(postgres_superuser):
+    """postgres/init-longsong.sh makes a role, no superuser, that may log in with API_DB_PASSWORD only and owns
+    its database, so the API's own migrations run as it; run again with a changed password (a new .env), it
+    follows it."""
+    from longsong.service.db import Database
+
+    for password in ("firstPw1", "secondPw2"):
+        done = subprocess.run(["sh", DB_INIT], env={**postgres_superuser, "API_DB_PASSWORD": password},
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    url = "postgresql+psycopg://longsong:{}@/longsong?host=" + postgres_superuser["PGHOST"]
+    db = Database.open(url.format("secondPw2"))  # Alembic upgrade head, as `longsong serve` does at start
+    try:
+        with db.engine.connect() as conn:
+            owners = conn.execute(sqlalchemy.text("SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = "
+                                                  "'public'")).scalars().all()
+            superuser = conn.execute(sqlalchemy.text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))
+            assert owners == ["longsong"] and superuser.scalar() is False
+            tables = sqlalchemy.inspect(conn).get_table_names()
+        assert "api_keys" in tables and "alembic_version" in tables, tables
+    finally:
+        db.engine.dispose()
+    old = sqlalchemy.create_engine(url.format("firstPw1"), poolclass=sqlalchemy.pool.NullPool)
+    with pytest.raises(sqlalchemy.exc.OperationalError, match="password authentication failed"):
+        old.connect()
+
+
 # ------------------------------------------------------------------------------------------ Dockerfiles
 
 
@@ -247,7 +440,8 @@ def test_dockerfiles_install_the_package():
     gpu, cpu = dockerfile("gpu"), dockerfile("cpu")
     assert re.search(r"^FROM \$\{CUDA_IMAGE\}", gpu, re.M) and "ARG CUDA_IMAGE=nvidia/cuda:" in gpu
     assert 'pip install ".[musicgen]"' in gpu
-    assert re.search(r"pip install \.(\s|$)", cpu) and "[musicgen]" not in cpu
+    assert 'pip install ".[postgres]"' in cpu and "[musicgen]" not in cpu  # the API's database driver
+    assert any("psycopg" in d for d in pyproject()["project"]["optional-dependencies"]["postgres"])
     for text in (gpu, cpu):
         assert "USER 10001" in text
         assert "snapshot_download" not in text and "hf download" not in text  # weights are mounted, not baked in
@@ -261,13 +455,17 @@ def test_k8s_manifests_parse_and_are_listed():
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     for resource in kustomization["resources"]:
         assert (K8S / resource).exists(), resource
-    assert "workers" in kustomization["resources"]
+    assert "workers" in kustomization["resources"] and "api" in kustomization["resources"]
     workers = workers_kustomization()
     for resource in workers["resources"] + workers["configurations"]:
         assert (WORKERS / resource).exists(), resource
-    assert workers["namespace"] == kustomization["namespace"]
-    listed = {K8S / r for r in kustomization["resources"]} | {WORKERS / r for r in workers["resources"]}
-    for path in [*K8S.glob("*.yaml"), *WORKERS.glob("*.yaml")]:
+    api = yaml.safe_load((API / "kustomization.yaml").read_text())
+    for resource in api["resources"]:
+        assert (API / resource).exists(), resource
+    assert workers["namespace"] == api["namespace"] == kustomization["namespace"]
+    listed = ({K8S / r for r in kustomization["resources"]} | {WORKERS / r for r in workers["resources"]}
+              | {API / r for r in api["resources"]})
+    for path in [*K8S.glob("*.yaml"), *WORKERS.glob("*.yaml"), *API.glob("*.yaml")]:
         if path.name not in ("kustomization.yaml", "kustomizeconfig.yaml"):
             assert path in listed, f"{path.relative_to(K8S)} is in no kustomization"
     for doc in k8s_docs():
@@ -286,10 +484,14 @@ def test_k8s_config_matches_code():
     assert not (set(cm) | set(secret)) - mentioned, "ConfigMap/Secret use names .env.example does not know"
     for required in ("TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "LONGSONG_STORAGE", "HF_HOME"):
         assert required in cm
-    for required in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "LONGSONG_WATERMARK_KEY"):
+    for required in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "LONGSONG_WATERMARK_KEY",
+                     "LONGSONG_WEBHOOK_SECRET", "LONGSONG_DATABASE_URL"):  # the API and the CPU workers share one
         assert required in secret
     assert not (set(cm) & set(secret))
     parse_duration("LONGSONG_LINK_EXPIRY", cm["LONGSONG_LINK_EXPIRY"])
+    settings = Settings.from_env({**cm, **secret})
+    assert sqlalchemy.engine.make_url(settings.database).drivername == "postgresql+psycopg"  # the image's driver
+    assert not settings.webhook_allow_private and not settings.metrics_addr  # metrics: per worker Deployment
 
 
 @pytest.mark.parametrize("kind", ["gpu", "cpu"])
@@ -309,6 +511,10 @@ def test_k8s_worker_deployments(kind):
     assert pod["terminationGracePeriodSeconds"] > int(env["LONGSONG_SHUTDOWN_GRACE_S"])
     mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
     assert env["LONGSONG_HOME"] in mounts
+    port = int(env["LONGSONG_METRICS_ADDR"].rsplit(":", 1)[1])
+    assert env["LONGSONG_METRICS_ADDR"].startswith("0.0.0.0:") and container_port(container, "metrics") == port
+    assert dep["spec"]["template"]["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
     if kind == "gpu":
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
@@ -316,6 +522,37 @@ def test_k8s_worker_deployments(kind):
         assert pod["terminationGracePeriodSeconds"] >= 120  # a segment can take minutes
     else:
         assert "nvidia.com/gpu" not in str(container["resources"])
+
+
+def test_k8s_api():
+    """`longsong serve` on the port LONGSONG_API_PORT names, alive on /healthz, ready on /readyz, scraped on
+    /metrics, behind a Service that selects only its pods; not part of a worker build."""
+    cm = k8s("ConfigMap", "longsong-config")[0]["data"]
+    secret = k8s("Secret", "longsong-secrets")[0]["stringData"]
+    (dep,) = k8s("Deployment", "longsong-api")
+    pod = dep["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["command"] == ["longsong", "serve"]
+    assert {next(iter(r.values()))["name"] for r in container["envFrom"]} == {"longsong-config", "longsong-secrets"}
+    settings = Settings.from_env({**cm, **secret, **{e["name"]: e["value"] for e in container["env"]}})
+    assert settings.api_host == "0.0.0.0"
+    port = settings.api_port
+    for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = container[probe]["httpGet"]
+        assert get["path"] == path and container_port(container, get["port"]) == port, probe
+    assert pod["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+    assert BUILD_LABEL not in str(dep)  # one API for every build
+    assert container["image"] in {i["name"] for i in yaml.safe_load((API / "kustomization.yaml").read_text())["images"]}
+    assert container_port(container, "http") == port
+    (service,) = k8s("Service", "longsong-api")
+    selector = service["spec"]["selector"]
+    assert selector.items() <= pod["metadata"]["labels"].items()
+    for worker in ("gpu", "cpu"):
+        labels = k8s("Deployment", f"longsong-worker-{worker}")[0]["spec"]["template"]["metadata"]["labels"]
+        assert not selector.items() <= labels.items(), f"the API Service would select worker-{worker} pods"
+    (service_port,) = service["spec"]["ports"]
+    assert container_port(container, service_port["targetPort"]) == port
 
 
 def test_keda_scaled_objects():
@@ -368,7 +605,11 @@ def test_k8s_kustomize_renders_one_build():
     docs = [d for d in yaml.safe_load_all(out) if d]
     build = k8s_build()
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
-    assert set(deployments) == {f"longsong-worker-gpu-{build}", f"longsong-worker-cpu-{build}"}
+    assert set(deployments) == {f"longsong-worker-gpu-{build}", f"longsong-worker-cpu-{build}", "longsong-api"}
+    api = deployments.pop("longsong-api")
+    assert BUILD_LABEL not in api["spec"]["selector"]["matchLabels"]  # neither renamed nor relabelled per build
+    assert api["spec"]["template"]["spec"]["containers"][0]["image"].startswith("registry.example.com/")
+    assert {d["metadata"]["name"] for d in docs if d["kind"] == "Service"} == {"longsong-api"}
     for dep in deployments.values():
         assert dep["spec"]["selector"]["matchLabels"][BUILD_LABEL] == build
         assert dep["spec"]["template"]["metadata"]["labels"][BUILD_LABEL] == build
@@ -398,7 +639,10 @@ def test_readme_covers_the_operations():
                    "temporal worker deployment describe-version --deployment-name longsong --build-id",
                    "TemporalWorkerDeploymentVersion='longsong:", f"-l {BUILD_LABEL}=", "--profile upgrade",
                    "autoscaling.keda.sh/paused-replicas", "temporal operator search-attribute create", "Helm",
-                   "Temporal Cloud", "TEMPORAL_API_KEY", "maxReplicaCount"):
+                   "Temporal Cloud", "TEMPORAL_API_KEY", "maxReplicaCount",
+                   "docker compose exec api longsong keys create --user", "/healthz", "/readyz", "api-db-init",
+                   "http://localhost:8000", "http://localhost:9090", "http://localhost:3000", "LONGSONG_WEBHOOK_SECRET",
+                   "LONGSONG_DATABASE_URL", "deploy/k8s/api"):
         assert phrase in readme, phrase
     assert "longsong" == Settings.deployment  # the name the commands above use
 

@@ -1,4 +1,5 @@
-"""`longsong` command line: dev stack, generate, extend, regenerate, status, cancel, list, download, verify.
+"""`longsong` command line: dev stack, generate, extend, regenerate, status, cancel, list, download, verify,
+serve, keys.
 
 Exit codes (the same for every command):
   0    success
@@ -35,6 +36,7 @@ from longsong.cli_local import (
     print_json,
     verify_command,
 )
+from longsong.cli_service import add_commands, keys_command, serve_command
 from longsong.cli_progress import activity_line, wait_with_bar
 from longsong.process import exit_process
 from longsong.request import FORMATS, InvalidRequest, Section, SongRequest
@@ -157,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = command("verify", "look for the longsong watermark in an audio file")
     v.add_argument("file")
     v.add_argument("--json", action="store_true")
+    add_commands(command)
     return p
 
 
@@ -362,6 +365,8 @@ def run(args: argparse.Namespace) -> int:
             return dev_command(args, settings)
         if args.command == "verify":
             return verify_command(args, settings)
+        if args.command in ("serve", "keys"):
+            return (serve_command if args.command == "serve" else keys_command)(args, settings)
         return asyncio.run(COMMANDS[args.command](args, settings))
     except KeyboardInterrupt:
         song = getattr(args, "song_id", None)

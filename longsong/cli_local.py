@@ -58,7 +58,11 @@ def dev_command(a: argparse.Namespace, settings: Settings) -> int:
     elif a.action == "down":
         stopped = devstack.down(settings)
         print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
-    for svc in devstack.services(settings) if a.action != "down" else []:
+    running = devstack.services(settings) if a.action != "down" else []
+    for svc in running:
         state = f"running (pid {svc.pid})" if svc.alive else "stopped"
         print(f"  {svc.name:11s} {state:22s} log {svc.log}")
+    if any(svc.name == "api" and svc.alive for svc in running):
+        print(f"listening page: http://127.0.0.1:{settings.api_port}/  (API docs /docs)\n"
+              f"API key (user {devstack.DEV_KEY_USER}): {devstack.dev_key(settings)}")
     return EXIT_OK

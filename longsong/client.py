@@ -89,11 +89,16 @@ class SongSummary:
 
 
 async def connect(address: str | None = None, namespace: str | None = None, profile: str | None = None,
-                  settings: Settings | None = None) -> Client:
+                  settings: Settings | None = None, runtime=None, interceptors=()) -> Client:
     """Connect with envconfig settings (explicit arguments win; without any, the dev server on
-    LONGSONG_DEV_PORT); one-line error when unreachable."""
+    LONGSONG_DEV_PORT); one-line error when unreachable. `runtime` (metrics export) and `interceptors`
+    (tracing) come from longsong.telemetry in the long-running processes."""
     settings = settings or Settings.from_env()
     options = ClientConfig.load_client_connect_config(profile=profile)
+    if runtime is not None:
+        options["runtime"] = runtime
+    if interceptors:
+        options["interceptors"] = list(interceptors)
     options.setdefault("target_host", f"localhost:{settings.dev_port}")
     if address:
         options["target_host"] = address
@@ -206,11 +211,16 @@ class LongsongClient:
             raise RequestConflict(req.request_id, differs)
         return SongHandle(req.request_id, desc.run_id, link, True, _status_name(desc.raw_description.workflow_execution_info.status))
 
-    async def submit(self, request: SongRequest) -> SongHandle:
+    async def submit(self, request: SongRequest, key_id: str | None = None) -> SongHandle:
         """Validate (nothing starts on bad input), then start. An existing request_id is attached to when it
         was submitted with the same request (`attached`, and that song's real `status`); with a different
-        request it is a RequestConflict naming the fields that differ."""
+        request it is a RequestConflict naming the fields that differ. `key_id`: the API key submitting it
+        (its secret signs the webhook)."""
         req = validate(request)
+        if req.callback_url is not None:
+            from longsong.webhooks import check_url
+
+            await asyncio.to_thread(check_url, req.callback_url, self.settings.webhook_allow_private)
         link = self.ui_link(req.request_id)
         existing = await self._attach(req, link)
         if existing is not None:
@@ -220,7 +230,7 @@ class LongsongClient:
             with self._rpc(req.request_id):
                 handle = await self.client.start_workflow(
                     SongWorkflow.run,
-                    SongJob(req, self.settings.gpu_queue, self.settings.cpu_queue, Timing.of(self.settings)),
+                    SongJob(req, self.settings.gpu_queue, self.settings.cpu_queue, Timing.of(self.settings), key_id),
                     id=req.request_id,
                     task_queue=self.settings.cpu_queue,
                     id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
@@ -246,16 +256,16 @@ class LongsongClient:
         """A new song (new id, `parent` in its manifest) that reuses the parent's windows as they are and adds
         `duration_s` seconds from its end, or from the last window end at or before `from_s`. Options:
         from_s, sections (times from the continuation point), outro, seed, request_id, max_rerolls."""
-        return await self.submit(await self._derive("extend", parent_id, user_id, duration_s=duration_s, **options))
+        return await self.submit(await self.derive("extend", parent_id, user_id, duration_s=duration_s, **options))
 
     async def regenerate(self, parent_id: str, from_window: int, *, user_id: str = "anonymous",
                          **options) -> SongHandle:
         """A new song keeping the parent's windows 0..from_window-1 and generating the rest anew. Options:
         seed (default: a new one), sections (default: the parent's), request_id, max_rerolls."""
-        return await self.submit(await self._derive("regenerate", parent_id, user_id, from_window=from_window,
+        return await self.submit(await self.derive("regenerate", parent_id, user_id, from_window=from_window,
                                                     **options))
 
-    async def _derive(self, operation: str, parent_id: str, user_id: str, **options) -> SongRequest:
+    async def derive(self, operation: str, parent_id: str, user_id: str, **options) -> SongRequest:
         """Check the parent (exists, finished, this user's, kept its windows), then build the derived request;
         every problem is a one-line ParentError/InvalidRequest and nothing is started."""
         from longsong.lineage import ParentError, derive, read_manifest

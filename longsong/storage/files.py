@@ -81,6 +81,10 @@ class FileStorage(Storage):
     def link(self, key, expires=None):
         return self._path(key).as_uri()
 
+    def local_path(self, key):
+        path = self._path(key)
+        return path if path.is_file() else None
+
     def sweep_temporary(self):
         """Remove what crashed writers left in {root}/.tmp (their process is gone, or it is over a day old)."""
         return [p.name for p in sweep(self.root / ".tmp")]

@@ -159,9 +159,10 @@ class LongsongClient:
 
     @classmethod
     async def connect(cls, address: str | None = None, namespace: str | None = None,
-                      profile: str | None = None, settings: Settings | None = None) -> "LongsongClient":
+                      profile: str | None = None, settings: Settings | None = None,
+                      interceptors=()) -> "LongsongClient":
         settings = settings or Settings.from_env()
-        return cls(await connect(address, namespace, profile, settings), settings)
+        return cls(await connect(address, namespace, profile, settings, interceptors=interceptors), settings)
 
     def ui_link(self, workflow_id: str) -> str:
         return f"{self.settings.web_ui}/namespaces/{self.client.namespace}/workflows/{workflow_id}"

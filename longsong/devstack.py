@@ -183,7 +183,9 @@ def up(settings: Settings, timeout: float = 120.0) -> list[Service]:
         if name not in running:
             offsets[name] = _log_size(settings, name)
             port = DEV_METRICS[name]
-            metrics = {"LONGSONG_METRICS_ADDR": f"127.0.0.1:{port}"} if not _port_open(f"127.0.0.1:{port}") else {}
+            # each worker its own port, unless the caller set LONGSONG_METRICS_ADDR (empty: off)
+            free = "LONGSONG_METRICS_ADDR" not in env and not _port_open(f"127.0.0.1:{port}")
+            metrics = {"LONGSONG_METRICS_ADDR": f"127.0.0.1:{port}"} if free else {}
             _spawn(settings, name, [sys.executable, "-m", "longsong.worker", kind], {**env, **metrics})
     if "api" not in running:
         api = f"127.0.0.1:{settings.api_port}"

@@ -257,7 +257,7 @@ class Receiver(BaseHTTPRequestHandler):
         pass
 
 
-def test_webhook_on_completion_is_signed_with_the_keys_secret(stack):
+def test_webhooks_on_completion_and_cancel_are_signed_with_the_keys_secret(stack):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     key = stack.key("mia")
@@ -266,18 +266,25 @@ def test_webhook_on_completion_is_signed_with_the_keys_secret(stack):
         with stack.http(key) as http:
             url = f"http://127.0.0.1:{server.server_address[1]}/hook"
             song_id = http.post("/v1/songs", json={**SONG, "callback_url": url}).json()["id"]
+            stopped = http.post("/v1/songs", json={**SONG, "duration_s": 240, "callback_url": url}).json()["id"]
+            assert http.delete(f"/v1/songs/{stopped}").status_code == 202
             assert wait_done(http, song_id)["status"] == "completed"
+            assert wait_done(http, stopped)["status"] == "canceled"
             deadline = time.monotonic() + 60
-            while not Receiver.got and time.monotonic() < deadline:
+            while len(Receiver.got) < 2 and time.monotonic() < deadline:
                 time.sleep(0.2)
     finally:
         server.shutdown()
-    [(headers, body)] = Receiver.got
-    assert verify(key_secret(stack.settings.webhook_secret, key_id), headers[SIGNATURE_HEADER], body)
-    assert not verify(key_secret(stack.settings.webhook_secret, "other"), headers[SIGNATURE_HEADER], body)
-    event = json.loads(body)
-    assert event["type"] == "song.completed" and event["song"]["id"] == song_id
-    assert event["song"]["links"]["files"]["mp3"] == f"/v1/songs/{song_id}/files/track.mp3"
+    events = {}
+    for headers, body in Receiver.got:
+        assert verify(key_secret(stack.settings.webhook_secret, key_id), headers[SIGNATURE_HEADER], body)
+        assert not verify(key_secret(stack.settings.webhook_secret, "other"), headers[SIGNATURE_HEADER], body)
+        event = json.loads(body)
+        events[event["song"]["id"]] = event
+    assert events[song_id]["type"] == "song.completed" and events[song_id]["song"]["status"] == "completed"
+    assert events[song_id]["song"]["links"]["files"]["mp3"] == f"/v1/songs/{song_id}/files/track.mp3"
+    assert events[stopped]["type"] == "song.cancelled" and events[stopped]["song"]["status"] == "canceled"
+    assert events[stopped]["song"]["links"]["files"] == {} and len(Receiver.got) == 2
 
 
 def test_extend_through_the_api(stack, done_song):

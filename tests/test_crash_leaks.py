@@ -160,7 +160,8 @@ def _leftovers(home: Path) -> dict[str, int]:
         here = Path(dirpath)
         dirnames[:] = [d for d in dirnames if here / d not in known.values() and here / d not in (
             objects / "audio", home / "logs", home / "run")]
-        other += sum((here / f).stat().st_size for f in filenames if not f.startswith("temporal.db"))
+        other += sum((here / f).stat().st_size for f in filenames
+                     if not f.startswith(("temporal.db", "longsong.db")))  # the servers' databases
     out["elsewhere"] = other
     return out
 
@@ -174,7 +175,8 @@ def test_killed_cpu_workers_leave_nothing_behind(tmp_path):
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LONGSONG_", "TEMPORAL_"))}
     # a killed finish is retried once its heartbeat times out: 10 s here, not the default minute
-    env.update(LONGSONG_HOME=str(home), LONGSONG_DEV_PORT=str(free_port()), LONGSONG_DEV_UI_PORT=str(free_port()),
+    env.update(LONGSONG_HOME=str(home), LONGSONG_DEV_PORT=str(free_port()),
+               LONGSONG_API_PORT=str(free_port()), LONGSONG_METRICS_ADDR="", LONGSONG_DEV_UI_PORT=str(free_port()),
                LONGSONG_HEARTBEAT_TIMEOUT_S="10", LONGSONG_STORAGE_TIMEOUT_S="5")
     system_tmp = _system_tmp()
     up = cli("dev", "up", env=env)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,7 +35,8 @@ def cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.Com
 def stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LONGSONG_", "TEMPORAL_"))}
-    env.update(LONGSONG_HOME=str(home), LONGSONG_DEV_PORT=str(free_port()), LONGSONG_DEV_UI_PORT=str(free_port()),
+    env.update(LONGSONG_HOME=str(home), LONGSONG_DEV_PORT=str(free_port()),
+               LONGSONG_API_PORT=str(free_port()), LONGSONG_METRICS_ADDR="", LONGSONG_DEV_UI_PORT=str(free_port()),
                LONGSONG_WATERMARK_KEY="e2e-secret")
     up = cli("dev", "up", env=env)
     assert up.returncode == 0, up.stderr + up.stdout
@@ -48,7 +50,7 @@ def stack(tmp_path_factory):
 def test_cli_makes_a_three_minute_track(stack, tmp_path):
     env, home = stack
     status = cli("dev", "status", env=env)
-    assert status.stdout.count("running") == 3, status.stdout
+    assert status.stdout.count("running") == 4, status.stdout
     out = tmp_path / "out"
     run = cli("generate", "uplifting synthwave with a driving bassline", "--duration", "180", "--bpm", "110",
               "--key", "A minor", "--section", "0:intro", "--section", "40:verse", "--section", "90:chorus",
@@ -121,6 +123,38 @@ def test_cli_extends_and_redoes_a_song(stack, tmp_path):
     assert missing.returncode == 2 and "parent_id: no song no-such-song" in missing.stderr, missing.stderr
 
 
+def test_dev_stack_serves_the_api_with_a_local_key(stack):
+    import httpx
+
+    env, home = stack
+    status = cli("dev", "status", env=env).stdout
+    page = re.search(r"listening page: (http://127\.0\.0\.1:\d+/)", status).group(1)
+    key = re.search(r"API key \(user local\): (\S+)", status).group(1)
+    assert key == (home / "dev-key").read_text().strip() and oct((home / "dev-key").stat().st_mode)[-3:] == "600"
+    assert cli("dev", "status", env=env).stdout == status  # the same key every time
+    with httpx.Client(base_url=page, timeout=30) as http:
+        assert "<title>" in http.get("/").text
+        assert http.get("/readyz").json() == {"temporal": "ok", "storage": "ok", "database": "ok"}
+        assert http.get("/v1/me", headers={"Authorization": f"Bearer {key}"}).json()["user_id"] == "local"
+        made = cli("keys", "create", "--user", "zed", "--name", "e2e", "--json", env=env)
+        assert made.returncode == 0, made.stderr
+        new = json.loads(made.stdout)
+        assert len(new["webhook_secret"]) == 64
+        me = http.get("/v1/me", headers={"Authorization": f"Bearer {new['key']}"}).json()
+        assert (me["user_id"], me["key_name"]) == ("zed", "e2e")
+        listed = cli("keys", "list", "--user", "zed", env=env).stdout
+        assert new["key_id"] in listed and "active" in listed and new["key"] not in listed
+        assert cli("keys", "revoke", new["key_id"], env=env).returncode == 0
+        assert http.get("/v1/me", headers={"Authorization": f"Bearer {new['key']}"}).status_code == 401
+        quota = cli("keys", "quota", "--user", "zed", "--concurrent", "9", env=env)
+        assert json.loads(quota.stdout)["concurrent"] == 9
+        bad = cli("keys", "quota", "--user", "zed", "--burst", "lots", env=env)
+        assert bad.returncode == 2 and bad.stderr.strip() == \
+            "longsong: error: --burst: must be an integer or 'default', got 'lots'"
+        missing = cli("keys", "revoke", "nope", env=env)
+        assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+
+
 def test_cli_rejects_bad_input_with_one_line(stack):
     env, home = stack
     before = sorted((home / "objects").rglob("*"))
@@ -173,6 +207,7 @@ def test_a_killed_dev_server_keeps_its_songs_and_workers_reconnect(tmp_path):
     `dev up` restarts it, the finished song is still there and the same workers serve a new one."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LONGSONG_", "TEMPORAL_"))}
     env.update(LONGSONG_HOME=str(tmp_path / "home"), LONGSONG_DEV_PORT=str(free_port()),
+               LONGSONG_API_PORT=str(free_port()), LONGSONG_METRICS_ADDR="",
                LONGSONG_DEV_UI_PORT=str(free_port()))
     up = cli("dev", "up", env=env)
     assert up.returncode == 0, up.stderr
@@ -206,7 +241,8 @@ def test_a_killed_gpu_worker_loses_no_finished_segment(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LONGSONG_", "TEMPORAL_"))}
     home = tmp_path / "home"
     # the interrupted window is retried once its heartbeat times out: 5 s here, not the default minute
-    env.update(LONGSONG_HOME=str(home), LONGSONG_DEV_PORT=str(free_port()), LONGSONG_DEV_UI_PORT=str(free_port()),
+    env.update(LONGSONG_HOME=str(home), LONGSONG_DEV_PORT=str(free_port()),
+               LONGSONG_API_PORT=str(free_port()), LONGSONG_METRICS_ADDR="", LONGSONG_DEV_UI_PORT=str(free_port()),
                LONGSONG_HEARTBEAT_TIMEOUT_S="5", LONGSONG_STORAGE_TIMEOUT_S="4")
     up = cli("dev", "up", env=env)
     assert up.returncode == 0, up.stderr

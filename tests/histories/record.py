@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import sys
 import tempfile
+import threading
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from longsong.client import LongsongClient
@@ -34,8 +36,26 @@ SONGS = {
 }
 
 
+class Receiver(BaseHTTPRequestHandler):
+    """The callback of the recorded webhook song: takes the event, answers 204."""
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
 async def record(address: str, storage: FileStorage, tag: str) -> None:
-    settings = Settings(gpu_queue="replay-gpu", cpu_queue="replay-cpu", storage=storage.url)
+    settings = Settings(gpu_queue="replay-gpu", cpu_queue="replay-cpu", storage=storage.url,
+                        webhook_allow_private=True)
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    songs = {**SONGS, "song-30s-callback": SongRequest(
+        prompt="replay check, callback", duration_s=30, seed=5, formats=["mp3"], request_id="replay-30s-callback",
+        callback_url=f"http://127.0.0.1:{receiver.server_address[1]}/hook")}
     # window 1's first try is spoiled, so every recording holds a quality-gate re-roll
     registry = EngineRegistry([FaultyEngine(ProceduralEngine(), {(1, 0): "silence"})])
     async with in_process(address, settings, storage, registry) as client:
@@ -47,10 +67,11 @@ async def record(address: str, storage: FileStorage, tag: str) -> None:
             (HERE / f"{name}.{tag}.json").write_text(history.to_json())
             print("recorded", name)
 
-        for name, req in SONGS.items():
+        for name, req in songs.items():
             await keep(name, await lc.submit(replace(req, request_id=f"{req.request_id}-{tag}")))
         parent = f"{SONGS['song-45s-sections'].request_id}-{tag}"
         await keep("song-extended", await lc.extend(parent, 30, request_id=f"replay-extended-{tag}"))
+    receiver.shutdown()
 
 
 def main() -> None:

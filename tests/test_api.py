@@ -292,6 +292,12 @@ def test_extend_through_the_api(stack, done_song):
     with stack.http(key) as http:
         bad = http.post(f"/v1/songs/{song_id}/extend", json={"duration_s": 30, "speed": 2})
         assert bad.status_code == 422 and "speed: unknown field" in bad.json()["error"]
+        for body, field in (({"duration_s": "long"}, "duration_s"), ({}, "duration_s"),
+                            ({"duration_s": 30, "from_s": 999}, "from_s"), ({"duration_s": 30, "seed": -4}, "seed")):
+            r = http.post(f"/v1/songs/{song_id}/extend", json=body)
+            assert r.status_code == 422 and r.json()["error"].startswith(field), (body, r.text)
+        r = http.post(f"/v1/songs/{song_id}/regenerate", json={"from_window": 7})
+        assert r.status_code == 422 and r.json()["error"].startswith("from_window"), r.text
         r = http.post(f"/v1/songs/{song_id}/extend", json={"duration_s": 30})
         assert r.status_code == 201, r.text
         view = wait_done(http, r.json()["id"])

@@ -21,7 +21,7 @@ from longsong.service import keys, quotas
 from longsong.service.app import create_app
 from longsong.service.db import Database
 from longsong.settings import Settings
-from longsong.storage import FileStorage
+from longsong.storage import open_storage
 from longsong.worker import in_process
 
 
@@ -55,7 +55,7 @@ def api_stack(address: str, tmp: Path, database: str | None = None, **overrides)
                         storage=(tmp / "objects").as_uri(), shutdown_grace_s=5, retry_initial_s=0.2, retry_max_s=1,
                         webhook_allow_private=True)
     settings = replace(settings, **overrides)
-    storage = FileStorage(tmp / "objects")
+    storage = open_storage(settings=settings)
     db = Database.open(database or f"sqlite:///{tmp / 'api.db'}")
     port = free_port()
     ready, stop = threading.Event(), None

@@ -75,6 +75,25 @@ def test_a_song_through_the_api(stack, done_song):
         assert anon.post("/v1/songs", params={"key": key}, json=SONG).status_code == 401  # GET only
 
 
+def test_files_on_s3_are_a_redirect_to_a_link_minted_now(temporal_address, tmp_path, s3_env):
+    from s3_server import new_bucket_name
+
+    with api_stack(temporal_address, tmp_path, storage=f"s3://{new_bucket_name()}/songs") as s3:
+        with s3.http(s3.key("sam")) as http:
+            song_id = http.post("/v1/songs", json={**SONG, "formats": ["mp3"]}).json()["id"]
+            view = wait_done(http, song_id)
+            assert view["status"] == "completed" and view["files"]["mp3"].startswith("/v1/songs/")
+            first = http.get(view["files"]["mp3"])
+            assert first.status_code == 307 and first.headers["cache-control"] == "no-store"
+            link = first.headers["location"]
+            assert link.startswith(s3_env["AWS_ENDPOINT_URL_S3"]) and "X-Amz-Signature=" in link
+            assert "X-Amz-Expires=86400" in link
+            mp3 = httpx.get(link)
+            assert mp3.status_code == 200 and mp3.content[:3] in (b"ID3", b"\xff\xfb")
+            history = s3.call(s3.client.client.get_workflow_handle(song_id).fetch_history())
+            assert "X-Amz-Signature" not in history.to_json()  # links are never stored in history
+
+
 def test_keys_act_as_one_user(stack, done_song):
     key, song_id, _ = done_song
     bob = stack.key("bob")

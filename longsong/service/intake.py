@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, fields
+from dataclasses import fields
 
-from longsong.request import ID_PATTERN, InvalidRequest, SongRequest, problems
+from longsong.request import ID_PATTERN, SongRequest, problems
 from longsong.service.schemas import ExtendIn, RegenerateIn, SongIn
 
 MAX_BODY = 64 * 1024
@@ -26,12 +26,6 @@ class BodyError(Exception):
         self.errors = errors
         super().__init__(errors[0][1] if len(errors) == 1 else f"{len(errors)} problems: "
                          + "; ".join(m for _, m in errors))
-
-
-@dataclass
-class Intake:
-    request: SongRequest
-    idempotent: bool  # the id came from request_id or Idempotency-Key (else a fresh one)
 
 
 def parse_json(body: bytes) -> dict:
@@ -60,7 +54,7 @@ def idempotent_id(user_id: str, key: str) -> str:
     return hashlib.sha256(f"{user_id}\0{key}".encode()).hexdigest()[:32]
 
 
-def song_request(body: bytes, user_id: str, idempotency_key: str | None) -> Intake:
+def song_request(body: bytes, user_id: str, idempotency_key: str | None) -> SongRequest:
     data = parse_json(body)
     _unknown(data, SongIn)
     if idempotency_key is not None:
@@ -68,14 +62,13 @@ def song_request(body: bytes, user_id: str, idempotency_key: str | None) -> Inta
             raise BodyError(422, [("request_id", "request_id: give request_id or an Idempotency-Key header, "
                                                  "not both")])
         data["request_id"] = idempotent_id(user_id, idempotency_key)
-    given = data.get("request_id") is not None
-    if not given:
-        data.pop("request_id", None)
+    if data.get("request_id") is None:
+        data.pop("request_id", None)  # a fresh id
     req = SongRequest(**{"prompt": data.pop("prompt", None), **data, "user_id": user_id})
     found = problems(req)
     if found:
         raise BodyError(422, [(e.field, str(e)) for e in found])
-    return Intake(req, given)
+    return req
 
 
 def derive_options(body: bytes, operation: str) -> dict:
@@ -96,7 +89,3 @@ def derive_options(body: bytes, operation: str) -> dict:
 def field_names() -> set[str]:
     """SongIn's fields must be the request's, less the ones the server sets (a test holds them equal)."""
     return {f.name for f in fields(SongRequest)} - set(SERVER_FIELDS)
-
-
-def as_body_error(e: InvalidRequest) -> BodyError:
-    return BodyError(422, [(e.field, str(e))])

@@ -19,7 +19,7 @@ from longsong.service import intake, quotas
 from longsong.service.auth import ApiError
 from longsong.service.intake import BodyError
 from longsong.service.keys import Principal
-from longsong.service.schemas import CancelOut, ErrorOut, MeOut, SongIn, SongListOut, SongOut
+from longsong.service.schemas import CancelOut, ErrorOut, ExtendIn, MeOut, RegenerateIn, SongIn, SongListOut, SongOut
 from longsong.service.views import PREFIX, links
 from longsong.webhooks import check_url
 
@@ -85,18 +85,18 @@ Owned = Annotated[str, Depends(owned)]
 
 async def admit(svc, who: Principal, req: SongRequest) -> quotas.Admission:
     quota = await svc.gate.quota(who.user_id)
-    for attempt in range(2):
+    retried = False
+    while True:
         try:
             return await asyncio.to_thread(quotas.admit, svc.db, who.user_id, req.request_id, req.duration_s, quota,
                                            key_id=who.key_id, prompt=req.prompt)
         except quotas.SongTaken:
             raise ApiError(409, f"request_id {req.request_id} is taken; use another", field="request_id") from None
         except quotas.OverQuota as e:
-            if attempt == 0 and e.limit == "concurrent" and await reconcile(svc, who.user_id):
-                continue  # some reserved songs had ended: try again
-            svc.reject(e.limit)
+            if not retried and e.limit == "concurrent" and await reconcile(svc, who.user_id):
+                retried = True  # some reserved songs had ended: try once more
+                continue
             raise ApiError(429, e.reason, limit=e.limit, headers={"Retry-After": str(e.retry_after_s)}) from None
-    raise AssertionError("unreachable")
 
 
 async def reconcile(svc, user_id: str) -> bool:
@@ -149,8 +149,8 @@ async def submit(request: Request, req: SongRequest) -> JSONResponse:
              summary="Submit a song")
 async def create_song(request: Request) -> JSONResponse:
     body = await read_body(request)
-    got = intake.song_request(body, request.state.principal.user_id, request.headers.get("idempotency-key"))
-    return await submit(request, got.request)
+    req = intake.song_request(body, request.state.principal.user_id, request.headers.get("idempotency-key"))
+    return await submit(request, req)
 
 
 async def _derived(request: Request, song_id: str, operation: str) -> JSONResponse:
@@ -167,13 +167,13 @@ async def _derived(request: Request, song_id: str, operation: str) -> JSONRespon
 
 
 @router.post("/{song_id}/extend", status_code=201, response_model=SongOut,
-             openapi_extra=body_schema(intake.ExtendIn), summary="A new song continuing a finished one")
+             openapi_extra=body_schema(ExtendIn), summary="A new song continuing a finished one")
 async def extend_song(request: Request, song_id: Owned) -> JSONResponse:
     return await _derived(request, song_id, "extend")
 
 
 @router.post("/{song_id}/regenerate", status_code=201, response_model=SongOut,
-             openapi_extra=body_schema(intake.RegenerateIn), summary="Redo a finished song from a window on")
+             openapi_extra=body_schema(RegenerateIn), summary="Redo a finished song from a window on")
 async def regenerate_song(request: Request, song_id: Owned) -> JSONResponse:
     return await _derived(request, song_id, "regenerate")
 

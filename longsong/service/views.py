@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import OrderedDict
-from datetime import datetime
 
 from longsong.client import CLOSED_STAGES, LongsongClient, SongFailed, _status_name
 from longsong.storage import COMMIT_MARKER
@@ -113,6 +112,3 @@ class Views:
 def is_closed(view: dict) -> bool:
     return view["status"] != "running" or view["progress"]["stage"] in CLOSED_STAGES
 
-
-def iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None

@@ -179,6 +179,13 @@ class Settings:
                                            "S3: lifecycle rule expiring failed songs' scratch (`off` disables)")
     retention_days: int | None = _var("LONGSONG_RETENTION_DAYS", "off", parse_days,
                                       "S3: lifecycle rule expiring finished tracks after N days", shown="off")
+    max_gain_db: float = _var("LONGSONG_MAX_GAIN_DB", "30", _number(0, 60),
+                              "mastering: the most gain a track may get to reach its loudness target")
+    c2pa_cert: str = _var("LONGSONG_C2PA_CERT", "", _text,
+                          "content credentials: PEM chain (signing certificate first, then its CA)",
+                          shown="the dev CA's leaf in `$LONGSONG_HOME/c2pa/`")
+    c2pa_key: str = _var("LONGSONG_C2PA_KEY", "", _text, "content credentials: the signing certificate's PEM key",
+                         shown="the dev CA's leaf key in `$LONGSONG_HOME/c2pa/`")
     api_host: str = _var("LONGSONG_API_HOST", "127.0.0.1", _text, "HTTP API: address `longsong serve` listens on")
     api_port: int = _var("LONGSONG_API_PORT", "8000", _number(1, 65535, integer=True), "HTTP API port")
     database_url: str = _var("LONGSONG_DATABASE_URL", "", _text,

@@ -19,7 +19,9 @@ from longsong.engines import ENGINE_NAMES
 # values, and wrong types (key, sections) name the field instead of raising AttributeError/TypeError.
 # Revision 3 (the quality-gate patch): max_rerolls, outro, parent_id and keep_windows are checked.
 # Revision 4 (the service patch): callback_url (its form; the address policy is checked at submission and delivery).
-VALIDATION_REVISION = 4
+# Revision 5 (the provenance patch): loudness_lufs -23..-8, the range mastering meets within 0.2 LU.
+VALIDATION_REVISION = 5
+LOUDNESS_RANGE = {4: (-40, -5), 5: (-23, -8)}  # by revision (4 and older: the first)
 MAX_REROLLS = 5
 
 FORMATS = ("wav", "flac", "mp3", "opus")
@@ -189,7 +191,7 @@ def validate(req: SongRequest, revision: int = VALIDATION_REVISION) -> SongReque
             raise InvalidRequest("formats", f"must each be one of {', '.join(FORMATS)}, got {f!r}")
         if f not in formats:
             formats.append(f)
-    _number("loudness_lufs", req.loudness_lufs, -40, -5)
+    _number("loudness_lufs", req.loudness_lufs, *LOUDNESS_RANGE[5 if revision >= 5 else 4])
     _number("true_peak_dbtp", req.true_peak_dbtp, -9, 0)
     id_matches = ID_PATTERN.fullmatch if revision >= 2 else ID_PATTERN.match  # 1: "abc\n" passed
     for name in ("user_id", "request_id"):

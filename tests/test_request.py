@@ -34,7 +34,7 @@ def test_defaults_are_valid_and_normalized():
     ({"cfg": 0.5}, "cfg", ">= 1"),
     ({"formats": ["mp3", "aac"]}, "formats", "wav, flac, mp3, opus"),
     ({"formats": []}, "formats", "wav, flac, mp3, opus"),
-    ({"loudness_lufs": 0}, "loudness_lufs", "<= -5"),
+    ({"loudness_lufs": -5}, "loudness_lufs", "<= -8"),
     ({"true_peak_dbtp": 1}, "true_peak_dbtp", "<= 0"),
     ({"user_id": "a b"}, "user_id", "[A-Za-z0-9_-]{1,64}"),
     ({"request_id": "x" * 65}, "request_id", "[A-Za-z0-9_-]{1,64}"),
@@ -119,7 +119,7 @@ def test_revision_1_keeps_its_crashes(changes, error):
 
 
 def test_default_is_the_newest_revision():
-    assert VALIDATION_REVISION == 4
+    assert VALIDATION_REVISION == 5
     with pytest.raises(InvalidRequest, match="request_id"):
         validate(SongRequest(prompt="ok", request_id="abc\n"))
 
@@ -174,3 +174,12 @@ def test_problems_lists_every_field_with_validate_messages():
             validate(SongRequest(**{"prompt": "ok", e.field: getattr(req, e.field)}))
         assert str(one.value) == str(e)
     assert problems(SongRequest(prompt="fine")) == []
+
+
+def test_revision_5_bounds_loudness_to_what_mastering_meets():
+    for lufs in (-23, -8, -14.5):
+        assert validate(SongRequest(prompt="ok", loudness_lufs=lufs)).loudness_lufs == lufs
+    for lufs in (-23.1, -7.9, -40, -5):
+        with pytest.raises(InvalidRequest, match=r"^loudness_lufs: must be a number >= -23 and <= -8"):
+            validate(SongRequest(prompt="ok", loudness_lufs=lufs))
+    assert validate(SongRequest(prompt="ok", loudness_lufs=-30), revision=4).loudness_lufs == -30  # older songs

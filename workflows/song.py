@@ -63,6 +63,7 @@ CONTROL_PLANE_PATCH = "control-plane-2"
 QUALITY_GATE_PATCH = "quality-gate-1"
 # From this patch on: callback_url is checked (validation revision 4) and told how the song ended (outcome.py).
 SERVICE_PATCH = "service-1"
+PROVENANCE_PATCH = "provenance-1"  # from this patch on: validation revision 5 (loudness_lufs -23..-8)
 ANALYZE_TIMEOUT = timedelta(minutes=10)  # over the default storage outage budget, like the finishing activities
 
 
@@ -98,6 +99,7 @@ class SongWorkflow:
         self._v2 = workflow.patched(CONTROL_PLANE_PATCH)
         self._v3 = self._v2 and workflow.patched(QUALITY_GATE_PATCH)
         self._v4 = self._v3 and workflow.patched(SERVICE_PATCH)
+        self._v5 = self._v4 and workflow.patched(PROVENANCE_PATCH)
         outcome.started(job)
         try:
             result = await self._song(job)
@@ -111,7 +113,8 @@ class SongWorkflow:
         self._retry = retry_policy(job.timing)
         self._heartbeat = timedelta(seconds=job.timing.heartbeat_timeout_s)
         try:
-            req = validate(job.request, revision=4 if self._v4 else 3 if self._v3 else 2 if self._v2 else 1)
+            req = validate(job.request, revision=5 if self._v5 else 4 if self._v4 else 3 if self._v3 else 2 if self._v2
+                           else 1)
         except InvalidRequest as e:
             self._stage = "failed"
             raise ApplicationError(str(e), type="InvalidRequest", non_retryable=True) from None

@@ -29,8 +29,8 @@ def stack(temporal_address, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def done_song(stack):
-    """A completed song of user `alice`: (key, song id, its view)."""
-    key = stack.key("alice")
+    """A completed song of user `api-alice`: (key, song id, its view)."""
+    key = stack.key("api-alice")
     with stack.http(key) as http:
         r = http.post("/v1/songs", json={**SONG, "duration_s": 45, "sections": [{"start_s": 0, "prompt": "intro"},
                                                              {"start_s": 12, "prompt": "drop"}]})
@@ -64,7 +64,7 @@ def test_a_song_through_the_api(stack, done_song):
         beyond = http.get(view["files"]["mp3"], headers={"Range": f"bytes={len(mp3.content) + 10}-"})
         assert beyond.status_code == 416
         assert http.get(view["files"]["waveform"]).headers["content-type"] == "image/png"
-        assert http.get(view["files"]["metadata"]).json()["request"]["user_id"] == "alice"
+        assert http.get(view["files"]["metadata"]).json()["request"]["user_id"] == "api-alice"
         for name in ("track.ogg", "..%2F..%2Fmetadata.json", "%2E%2E", "windows"):
             r = http.get(f"/v1/songs/{song_id}/files/{name}")
             assert r.status_code == 404 and r.json()["error"], name
@@ -79,7 +79,7 @@ def test_files_on_s3_are_a_redirect_to_a_link_minted_now(temporal_address, tmp_p
     from s3_server import new_bucket_name
 
     with api_stack(temporal_address, tmp_path, storage=f"s3://{new_bucket_name()}/songs") as s3:
-        with s3.http(s3.key("sam")) as http:
+        with s3.http(s3.key("api-sam")) as http:
             song_id = http.post("/v1/songs", json={**SONG, "formats": ["mp3"]}).json()["id"]
             view = wait_done(http, song_id)
             assert view["status"] == "completed" and view["files"]["mp3"].startswith("/v1/songs/")
@@ -96,7 +96,7 @@ def test_files_on_s3_are_a_redirect_to_a_link_minted_now(temporal_address, tmp_p
 
 def test_keys_act_as_one_user(stack, done_song):
     key, song_id, _ = done_song
-    bob = stack.key("bob")
+    bob = stack.key("api-bob")
     with stack.http(bob) as http:
         for method, path in (("GET", f"/v1/songs/{song_id}"), ("DELETE", f"/v1/songs/{song_id}"),
                              ("GET", f"/v1/songs/{song_id}/files/track.mp3"), ("GET", f"/v1/songs/{song_id}/events"),
@@ -108,9 +108,9 @@ def test_keys_act_as_one_user(stack, done_song):
         assert anon.get(f"/v1/songs/{song_id}").status_code == 401
         assert anon.get("/v1/me", headers={"Authorization": "Bearer ls_nope_nope"}).status_code == 401
         assert anon.get("/v1/me", headers={"Authorization": "Basic abc"}).status_code == 401
-    revoked = stack.key("carol")
+    revoked = stack.key("api-carol")
     with stack.http(revoked) as http:
-        assert http.get("/v1/me").json()["user_id"] == "carol"
+        assert http.get("/v1/me").json()["user_id"] == "api-carol"
         keys.revoke_key(stack.db, revoked.split("_")[1])
         r = http.get("/v1/me")
         assert r.status_code == 401 and r.json()["error"] == "unknown or revoked API key"
@@ -123,7 +123,7 @@ def cli_message(**fields) -> str:
 
 
 def test_bad_bodies_start_nothing(stack):
-    key = stack.key("dave")
+    key = stack.key("api-dave")
     with stack.http(key) as http:
         cases = [
             (b"{not json", 400, "body is not valid JSON"),
@@ -149,7 +149,7 @@ def test_bad_bodies_start_nothing(stack):
 
 def test_callbacks_to_private_addresses_are_refused(temporal_address, tmp_path):
     with api_stack(temporal_address, tmp_path, webhook_allow_private=False) as strict:
-        with strict.http(strict.key("oscar")) as http:
+        with strict.http(strict.key("api-oscar")) as http:
             for url in ("https://127.0.0.1/hook", "https://10.1.2.3/hook", "https://169.254.169.254/latest",
                         "https://[::1]/hook", "https://localhost/hook", "http://93.184.216.34/hook"):
                 r = http.post("/v1/songs", json={**SONG, "callback_url": url})
@@ -159,7 +159,7 @@ def test_callbacks_to_private_addresses_are_refused(temporal_address, tmp_path):
 
 
 def test_idempotent_submits(stack):
-    key = stack.key("erin")
+    key = stack.key("api-erin")
     with stack.http(key) as http:
         first = http.post("/v1/songs", json=SONG, headers={"Idempotency-Key": "order-17"})
         again = http.post("/v1/songs", json=SONG, headers={"Idempotency-Key": "order-17"})
@@ -173,13 +173,13 @@ def test_idempotent_submits(stack):
         assert len(http.get("/v1/songs").json()["songs"]) == 2
         for song_id in (first.json()["id"], "erin-song-1"):
             wait_done(http, song_id)
-    with stack.http(stack.key("frank")) as http:  # another user's request_id is taken, its fields not shown
+    with stack.http(stack.key("api-frank")) as http:  # another user's request_id is taken, its fields not shown
         r = http.post("/v1/songs", json={**SONG, "request_id": "erin-song-1"})
         assert r.status_code == 409 and r.json()["error"] == "request_id erin-song-1 is taken; use another"
 
 
 def test_concurrency_quota_is_atomic(stack):
-    key = stack.key("gina", concurrent=5, rate_per_s=1000, burst=1000)
+    key = stack.key("api-gina", concurrent=5, rate_per_s=1000, burst=1000)
     with stack.http(key) as http:
         def submit(i: int) -> httpx.Response:
             return http.post("/v1/songs", json={**SONG, "duration_s": 60, "seed": i})
@@ -200,12 +200,12 @@ def test_concurrency_quota_is_atomic(stack):
 
 
 def test_rate_limit_and_minutes(stack):
-    with stack.http(stack.key("hank", rate_per_s=0.5, burst=3)) as http:
+    with stack.http(stack.key("api-hank", rate_per_s=0.5, burst=3)) as http:
         codes = [http.get("/v1/me").status_code for _ in range(4)]
         assert codes == [200, 200, 200, 429]
         r = http.get("/v1/me")
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and "rate limit" in r.json()["error"]
-    with stack.http(stack.key("ivy", daily_minutes=1)) as http:
+    with stack.http(stack.key("api-ivy", daily_minutes=1)) as http:
         assert http.post("/v1/songs", json=SONG).status_code == 201
         r = http.post("/v1/songs", json={**SONG, "duration_s": 60})
         assert r.status_code == 429 and "daily" in r.json()["error"] and int(r.headers["retry-after"]) > 0
@@ -225,7 +225,7 @@ def read_events(http: httpx.Client, path: str) -> list[tuple[str, dict]]:
 
 
 def test_events_stream_until_the_end(stack):
-    key = stack.key("jack")
+    key = stack.key("api-jack")
     with stack.http(key) as http:
         song_id = http.post("/v1/songs", json={**SONG, "duration_s": 60}).json()["id"]
         with ThreadPoolExecutor(3) as pool:
@@ -240,7 +240,7 @@ def test_events_stream_until_the_end(stack):
 
 
 def test_list_newest_first_with_a_cursor(stack):
-    with stack.http(stack.key("kim")) as http:
+    with stack.http(stack.key("api-kim")) as http:
         ids = [http.post("/v1/songs", json={**SONG, "seed": i}).json()["id"] for i in range(3)]
         page = http.get("/v1/songs", params={"limit": 2}).json()
         assert [s["id"] for s in page["songs"]] == ids[::-1][:2] and page["next_cursor"]
@@ -252,7 +252,7 @@ def test_list_newest_first_with_a_cursor(stack):
 
 
 def test_cancel(stack):
-    with stack.http(stack.key("lou")) as http:
+    with stack.http(stack.key("api-lou")) as http:
         song_id = http.post("/v1/songs", json={**SONG, "duration_s": 240}).json()["id"]
         r = http.delete(f"/v1/songs/{song_id}")
         assert r.status_code == 202 and r.json() == {"id": song_id, "status": "cancelling"}
@@ -279,7 +279,7 @@ class Receiver(BaseHTTPRequestHandler):
 def test_webhooks_on_completion_and_cancel_are_signed_with_the_keys_secret(stack):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    key = stack.key("mia")
+    key = stack.key("api-mia")
     key_id = key.split("_")[1]
     try:
         with stack.http(key) as http:
@@ -379,7 +379,7 @@ def test_readme_examples_follow_the_schema(stack):
         spec = http.get("/openapi.json").json()
     examples = readme_examples()
     assert len(examples) == 5 and sum(body is not None for _, _, body in examples) == 2
-    with stack.http(stack.key("readme")) as http:
+    with stack.http(stack.key("api-readme")) as http:
         for method, path, body in examples:
             route = path.replace("track.mp3", "{name}")
             assert method.lower() in spec["paths"][route], (method, route)

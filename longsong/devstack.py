@@ -8,6 +8,7 @@ one block of code: the tests, the history recorder and the benchmarks use it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Iterator
 
@@ -87,6 +89,32 @@ def _wait_port(addr: str, alive, timeout: float) -> bool:
     return True
 
 
+def _frontend_healthy(addr: str) -> bool:
+    from temporalio.client import Client
+
+    async def probe() -> bool:
+        client = await Client.connect(addr, namespace="default")  # get_system_info: fails until healthy
+        await client.service_client.check_health(timeout=timedelta(seconds=2))
+        return True
+
+    try:
+        return asyncio.run(probe())
+    except RuntimeError:  # "Failed client connect ... Frontend is not healthy yet"
+        return False
+
+
+def _wait_temporal(addr: str, alive, timeout: float) -> bool:
+    """The port opens before the frontend serves: a client that connects too early gets Unavailable."""
+    deadline = time.monotonic() + timeout
+    if not _wait_port(addr, alive, timeout):
+        return False
+    while not _frontend_healthy(addr):
+        if not alive() or time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 @contextlib.contextmanager
 def dev_server(db: Path) -> Iterator[str]:
     """A headless dev server on a free port for the duration of the block; yields its address."""
@@ -94,7 +122,7 @@ def dev_server(db: Path) -> Iterator[str]:
     proc = subprocess.Popen(server_command(db, port, None, "error"), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        if not _wait_port(f"127.0.0.1:{port}", lambda: proc.poll() is None, 30):
+        if not _wait_temporal(f"127.0.0.1:{port}", lambda: proc.poll() is None, 60):
             raise DevStackError(f"the Temporal dev server did not start on port {port}")
         yield f"127.0.0.1:{port}"
     finally:
@@ -176,7 +204,7 @@ def up(settings: Settings, timeout: float = 120.0) -> list[Service]:
             raise DevStackError(f"port {address(settings)} is taken by another program (set LONGSONG_DEV_PORT)")
         cmd = server_command(settings.home / "temporal.db", settings.dev_port, settings.dev_ui_port, "warn")
         pid = _spawn(settings, "temporal", cmd, env)
-        if not _wait_port(address(settings), lambda: _alive(pid), 30):
+        if not _wait_temporal(address(settings), lambda: _alive(pid), 60):
             raise DevStackError(f"the Temporal dev server did not start (log: {settings.home}/logs/temporal.log)")
     offsets = {}
     for name, kind in (("worker-gpu", "gpu"), ("worker-cpu", "cpu")):

@@ -223,9 +223,6 @@ class LongsongClient:
 
             await asyncio.to_thread(check_url, req.callback_url, self.settings.webhook_allow_private)
         link = self.ui_link(req.request_id)
-        existing = await self._attach(req, link)
-        if existing is not None:
-            return existing
         summary = f"{req.prompt[:60]} · {req.duration_s:g} s · {req.engine}"
         try:
             with self._rpc(req.request_id):
@@ -246,8 +243,8 @@ class LongsongClient:
                     static_details=f"**Prompt:** {req.prompt}\n\n**Duration:** {req.duration_s:g} s  \n"
                                    f"**Engine:** {req.engine} {req.model or ''}  \n**User:** {req.user_id}",
                 )
-        except WorkflowAlreadyStartedError:  # raced with another submit of the same request_id
-            existing = await self._attach(req, link)
+        except WorkflowAlreadyStartedError:  # a retry, or a race with another submit of the same request_id:
+            existing = await self._attach(req, link)  # start first, so a fresh song costs one RPC, not two
             if existing is None:
                 raise
             return existing

@@ -274,7 +274,8 @@ def test_http_metrics_label_route_templates_and_statuses():
         assert http.post("/v1/songs").status_code == 201
         assert http.post("/v1/limited").status_code == 429
         assert http.get("/v1/broken").status_code == 500
-        scraped = http.get("/metrics")
+        # uvicorn closes a connection whose app raised; scrape on a fresh one as Prometheus would
+        scraped = httpx.get(f"{base}/metrics")
     assert scraped.headers["content-type"].startswith("text/plain")
     m = samples(scraped.text)
     count = "longsong_http_request_seconds_count"

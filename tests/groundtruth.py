@@ -174,3 +174,28 @@ def render(notes: list, programs: dict[int, int], bpm: float, sr: int = 32000) -
         raise RuntimeError(f"fluidsynth wrote {got} Hz, asked {sr}")
     end = max(s + ln for s, ln, *_ in notes)
     return np.ascontiguousarray(data.T[:, : round(end * 60 / bpm * sr)])
+
+
+# --- real music for the mastering tests -----------------------------------------------------------------------
+
+MIXES = {  # recorded loops layered as a track would be: drums with a melodic or pad part
+    "amen+garzul": (("loop_amen", 1.0), ("loop_garzul", 0.7)),
+    "mika": (("loop_mika", 1.0),),
+    "breakbeat+drone": (("loop_breakbeat", 1.0), ("ambi_drone", 1.0)),
+}
+
+
+def mastering_set(seconds: float, lufs: float = -18.0, sr: int = 32000) -> dict[str, np.ndarray]:
+    """Stereo real music at `lufs` (as a raw engine output would be, unmastered): the sonic-pi mixes above
+    and a FluidR3 piece with drums, each `seconds` long."""
+    from longsong.audio.loudness import integrated_loudness
+
+    out = {}
+    for name, parts in MIXES.items():
+        layers = [tiled(*read_sample(sample), seconds, sr) * gain for sample, gain in parts]
+        out[name] = sum(np.broadcast_to(x, (2, x.shape[1])) for x in layers)
+    notes, programs = piece(2, "minor", bars=max(1, round(seconds / 2.4)))
+    fluid = render(notes, programs, 100.0, sr)
+    out["fluidr3 piece"] = np.pad(fluid, ((0, 0), (0, max(0, round(seconds * sr) - fluid.shape[1]))))
+    return {name: (x * 10 ** ((lufs - integrated_loudness(x, sr)) / 20)).astype(np.float32)
+            for name, x in out.items()}

@@ -5,11 +5,18 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.ndimage import maximum_filter1d
+from scipy.ndimage import grey_closing, maximum_filter1d
 
 from longsong.audio.true_peak import HALF_TAPS, true_peak_dbtp, true_peak_envelope
 
 _CONTROL_STEP = 8  # samples per limiter gain-control block (even)
+LOOKAHEAD_MS = 3.0
+# Dips in the needed reduction between peaks closer than this are filled (a morphological closing):
+# longer than the gap between the peaks of a 20 Hz wave (25 ms), so a steady bass note sees a steady
+# gain rather than one riding its cycle (that ripple is distortion: a 40 Hz sine driven 6 dB over read
+# -40 dB THD+N without it). An isolated peak is not widened, so drum hits cost no extra loudness.
+HOLD_MS = 30.0
+RELEASE_MS = 50.0
 _FLOAT_HAIR_DB = 0.001  # the limiter aims this far under its ceiling: float32 rounding is ~1e-6 dB
 
 
@@ -35,7 +42,7 @@ def _release(reduction_db: np.ndarray, release_samples: float) -> np.ndarray:
 
 
 def _gain_curve(env: np.ndarray, sr: int, ceiling_dbtp: float, lookahead_ms: float,
-                release_ms: float) -> np.ndarray | None:
+                release_ms: float, hold_ms: float) -> np.ndarray | None:
     """Per-sample limiter gain from the true-peak envelope, or None if nothing is over.
 
     Worked out per block of _CONTROL_STEP samples (the gain needs no finer time grid, and the
@@ -55,6 +62,8 @@ def _gain_curve(env: np.ndarray, sr: int, ceiling_dbtp: float, lookahead_ms: flo
         return None
     reach = -(-HALF_TAPS // _CONTROL_STEP) + 1
     lookahead = max(2, math.ceil(lookahead_ms * sr / 1000 / _CONTROL_STEP))
+    if hold_ms > 0:  # fill the dips between peaks closer than hold_ms; an isolated peak is not widened
+        need = grey_closing(need, size=math.ceil(hold_ms * sr / 1000 / _CONTROL_STEP) + 1, mode="nearest")
     held = _sliding_max(need, reach, lookahead - 1 + reach)
     released = _release(held, release_ms * sr / 1000 / _CONTROL_STEP)
     first = (lookahead + 1) // 2
@@ -70,22 +79,23 @@ def _between_centres(values: np.ndarray, step: int) -> np.ndarray:
     return np.concatenate([np.full(step // 2, values[0]), ramps.ravel(), np.full(step // 2, values[-1])])
 
 
-def limit_true_peak(audio: np.ndarray, sr: int, ceiling_dbtp: float, lookahead_ms: float = 3.0,
-                    release_ms: float = 100.0) -> tuple[np.ndarray, float]:
+def limit_true_peak(audio: np.ndarray, sr: int, ceiling_dbtp: float, lookahead_ms: float = LOOKAHEAD_MS,
+                    release_ms: float = RELEASE_MS, hold_ms: float = HOLD_MS) -> tuple[np.ndarray, float]:
     """Lookahead true-peak limiter; returns (audio, deepest reduction in dB). The output's true
     peak is at most the ceiling; audio already under it comes back unchanged."""
-    out, reduction, _ = limit_with_peak(audio, sr, ceiling_dbtp, lookahead_ms, release_ms)
+    out, reduction, _ = limit_with_peak(audio, sr, ceiling_dbtp, lookahead_ms, release_ms, hold_ms)
     return out, reduction
 
 
-def limit_with_peak(audio: np.ndarray, sr: int, ceiling_dbtp: float, lookahead_ms: float = 3.0,
-                    release_ms: float = 100.0, env: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
+def limit_with_peak(audio: np.ndarray, sr: int, ceiling_dbtp: float, lookahead_ms: float = LOOKAHEAD_MS,
+                    release_ms: float = RELEASE_MS, hold_ms: float = HOLD_MS, env: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, float, float]:
     """limit_true_peak, also returning the output's true peak (dBTP) without measuring twice;
     `env` is the input's true-peak envelope when the caller already has it."""
     ceiling_dbtp -= _FLOAT_HAIR_DB
     audio = np.asarray(audio, np.float32)
     env = true_peak_envelope(audio) if env is None else env
-    gain = _gain_curve(env, sr, ceiling_dbtp, lookahead_ms, release_ms)
+    gain = _gain_curve(env, sr, ceiling_dbtp, lookahead_ms, release_ms, hold_ms)
     if gain is None:
         peak = float(env.max(initial=0.0))
         return audio.copy(), 0.0, 20 * math.log10(peak) if peak > 0 else float("-inf")

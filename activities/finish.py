@@ -19,12 +19,13 @@ from temporalio.exceptions import CancelledError
 from longsong.activities.errors import classified, worker_identity
 from longsong.atomic import temp_dir
 from longsong.audio.assemble import assemble
-from longsong.audio.encode import CONTENT_TYPES, EXTENSIONS, encode, encode_and_decode
+from longsong.audio.delivery import LOSSLESS, deliver
+from longsong.audio.encode import CONTENT_TYPES, EXTENSIONS
 from longsong.audio.mastering import master_track
 from longsong.audio.npy import from_npy_bytes
-from longsong.audio.true_peak import true_peak_dbtp
 from longsong.audio.watermark import embed
 from longsong.audio.waveform import render_waveform
+from longsong.credentials import Claim, CredentialSigner, request_sha256, sign, summary
 from longsong.manifest import build_manifest, track_tags
 from longsong.settings import Settings
 from longsong.storage import COMMIT_MARKER, Storage
@@ -39,8 +40,6 @@ from longsong.workflows.messages import (
     window_key,
 )
 
-LOSSY = ("mp3", "opus")
-
 
 def _timed(fn, *args) -> float:
     t = time.perf_counter()
@@ -48,28 +47,11 @@ def _timed(fn, *args) -> float:
     return time.perf_counter() - t
 
 
-def _encode_checked(audio: np.ndarray, sr: int, fmt: str, path: Path, tags: dict[str, str],
-                    ceiling_dbtp: float) -> tuple[Path, float | None, float]:
-    """Encode; lossy formats are decoded back while they encode and their true peak measured.
-    Decoder overshoot past ceiling + 0.1 dB (rare: dense material near the encoder's low-pass)
-    gets one static trim."""
-    t = time.perf_counter()
-    if fmt not in LOSSY:
-        encode(audio, sr, fmt, path, tags)
-        return path, None, time.perf_counter() - t
-    decoded, dsr = encode_and_decode(audio, sr, fmt, path, tags)
-    peak = true_peak_dbtp(decoded, dsr)
-    if peak > ceiling_dbtp + 0.05:
-        trim = 10 ** ((ceiling_dbtp - 0.05 - peak) / 20)
-        decoded, dsr = encode_and_decode(audio * trim, sr, fmt, path, tags)
-        peak = true_peak_dbtp(decoded, dsr)
-    return path, peak, time.perf_counter() - t
-
-
 class FinishActivities:
-    def __init__(self, storage: Storage, settings: Settings):
+    def __init__(self, storage: Storage, settings: Settings, signer: CredentialSigner | None = None):
         self.storage = storage
         self.settings = settings
+        self.signer = signer  # content credentials for the MP3/WAV/FLAC files (None: unsigned)
 
     @activity.defn(name="finish_song")
     def finish_song(self, job: FinishJob) -> FinishOutcome:
@@ -93,7 +75,8 @@ class FinishActivities:
             del windows
             timings["assemble_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            mastered, report = master_track(track, sr, req.loudness_lufs, req.true_peak_dbtp)
+            mastered, report = master_track(track, sr, req.loudness_lufs, req.true_peak_dbtp,
+                                            max_gain_db=self.settings.max_gain_db)
             timings["master_s"] = time.perf_counter() - t
             activity.heartbeat("mastered")
             t = time.perf_counter()
@@ -104,23 +87,26 @@ class FinishActivities:
             tags = track_tags(req, engine, model)
             png = Path(tmp) / "waveform.png"
             local: dict[str, tuple[Path, str]] = {}
-            true_peaks: dict[str, float] = {}
+            delivered = {}
             # ffmpeg runs as a subprocess and numpy releases the GIL: encode formats and draw in parallel.
             with ThreadPoolExecutor(max_workers=2) as pool:
-                encodes = {fmt: pool.submit(_encode_checked, audio, sr, fmt, Path(tmp) / f"track.{EXTENSIONS[fmt]}",
-                                            tags, req.true_peak_dbtp)
-                           for fmt in sorted(req.formats, key=lambda f: f not in LOSSY)}  # slowest first
+                encodes = {fmt: pool.submit(deliver, audio, sr, fmt, Path(tmp) / f"track.{EXTENSIONS[fmt]}", tags,
+                                            req.true_peak_dbtp, self.settings.max_gain_db)
+                           for fmt in sorted(req.formats, key=lambda f: f in LOSSLESS)}  # slowest first
                 drawn = pool.submit(_timed, render_waveform, audio, sr, png, [s.start_s for s in seams],
                                     req.prompt[:80])
                 for fmt, future in encodes.items():
-                    path, peak, seconds = future.result()
-                    if peak is not None:
-                        true_peaks[fmt] = peak
-                    local[fmt] = (path, CONTENT_TYPES[fmt])
-                    timings[f"encode_{fmt}_s"] = seconds
+                    delivered[fmt] = future.result()
+                    local[fmt] = (delivered[fmt].path, CONTENT_TYPES[fmt])
+                    timings[f"encode_{fmt}_s"] = delivered[fmt].seconds
                     activity.heartbeat(fmt)
                 timings["waveform_s"] = drawn.result()
             local["waveform"] = (png, "image/png")
+            t = time.perf_counter()  # content credentials go into the encoded files before they are uploaded
+            claim = Claim(req.request_id, engine, model, outcomes[0].model_version, request_sha256(req),
+                          job.watermark_id, req.prompt[:80], job.parent.request_id if job.parent else None)
+            signed = {f: self.signer is not None and sign(local[f][0], f, claim, self.signer) for f in req.formats}
+            timings["sign_s"] = time.perf_counter() - t
 
             t = time.perf_counter()
             files: dict[str, StoredFile] = {}
@@ -130,12 +116,15 @@ class FinishActivities:
             timings["store_s"] = time.perf_counter() - t
             facts = Mastered(sr, int(audio.shape[0]), int(audio.shape[1]), report.loudness_before_lufs,
                              report.loudness_lufs, report.true_peak_dbtp, report.limiter_reduction_db, seams,
-                             true_peaks)
+                             {f: d.true_peak_dbtp for f, d in delivered.items()},
+                             {f: d.loudness_lufs for f, d in delivered.items()},
+                             {f: d.margin_db for f, d in delivered.items()})
             timings["wall_s"] = time.perf_counter() - started
             activity.heartbeat("publishing")
             if activity.is_cancelled():  # the song was cancelled: never make the folder visible
                 raise CancelledError("finish cancelled before publishing")
-            manifest = build_manifest(job, plan, outcomes, facts, files, timings, worker_identity(), kept)
+            manifest = build_manifest(job, plan, outcomes, facts, files, timings, worker_identity(), kept,
+                                      summary(signed, self.signer, claim))
             info = self.storage.put_bytes(prefix + COMMIT_MARKER, manifest, "application/json", object_meta)
             files["metadata"] = StoredFile(info.key, info.size, info.sha256, "application/json")
         return FinishOutcome(prefix, files, facts, timings, worker_identity())  # keys only, never links

@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = command("download", "download a song's files (waits while it runs)")
     d.add_argument("id")
     d.add_argument("--output", required=True)
-    v = command("verify", "look for the longsong watermark in an audio file")
+    v = command("verify", "look for the longsong watermark and content credentials in an audio file")
     v.add_argument("file")
     v.add_argument("--json", action="store_true")
     add_commands(command)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from longsong.settings import Settings
@@ -24,6 +25,7 @@ def print_json(obj: object) -> None:
 
 
 def verify_command(a: argparse.Namespace, settings: Settings) -> int:
+    from longsong import credentials
     from longsong.audio.encode import FfmpegError, decode
     from longsong.audio.watermark import detect
 
@@ -38,14 +40,33 @@ def verify_command(a: argparse.Namespace, settings: Settings) -> int:
         raise CliError(f"file: {a.file} is not audio ffmpeg can decode ({str(e).splitlines()[0]})") from None
     if audio.size == 0:
         raise CliError(f"file: {a.file} holds no audio samples")
+    try:  # the C2PA manifest, trusted when signed by the configured (or dev) CA
+        creds = credentials.read(path, credentials.trust_anchor(settings))
+    except ValueError as e:
+        raise CliError(f"file: {a.file} is {e}") from None
     d = detect(audio, sr, settings.watermark_secret)
     if a.json:
-        print_json({"file": a.file, "found": d.found, "watermark_id": d.track_id, "confidence": d.confidence})
-    elif d.found:
-        print(f"found: watermark id {d.track_id} (0x{d.track_id:08x}), confidence {d.confidence:.2f}")
+        print_json({"file": a.file, "found": d.found, "watermark_id": d.track_id, "confidence": d.confidence,
+                    "credentials": asdict(creds)})
     else:
-        print(f"not found (confidence {d.confidence:.2f})")
+        if d.found:
+            print(f"found: watermark id {d.track_id} (0x{d.track_id:08x}), confidence {d.confidence:.2f}")
+        else:
+            print(f"not found (confidence {d.confidence:.2f})")
+        print(f"content credentials: {credentials_line(creds)}")
     return EXIT_OK if d.found else EXIT_NOT_FOUND_MARK
+
+
+def credentials_line(c) -> str:
+    if not c.present:
+        return c.errors[0] if c.errors else "none"
+    state = "trusted" if c.trusted else "valid, untrusted signer" if c.valid else "INVALID (the file was modified)"
+    claim = c.claim
+    made = (f"song {claim.get('song_id')}, {claim.get('engine')} engine, model {claim.get('model')} "
+            f"{claim.get('model_version')}, watermark id {claim.get('watermark_id')}"
+            + (f", parent {c.parent}" if c.parent else ""))
+    problems = [e for e in c.errors if not e.startswith("signingCredential.untrusted")]
+    return f"{state}; C2PA, signed by {c.signer!r}; {made}" + (f"; {'; '.join(problems)}" if problems else "")
 
 
 def dev_command(a: argparse.Namespace, settings: Settings) -> int:

@@ -26,9 +26,10 @@ def track_tags(req: SongRequest, engine: str, model: str) -> dict[str, str]:
 
 def build_manifest(job: FinishJob, plan: Plan, outcomes: list[SegmentOutcome], m: Mastered,
                    files: dict[str, StoredFile], finish_timings: dict[str, float], worker: str,
-                   windows: list[dict]) -> bytes:
+                   windows: list[dict], credentials: dict | None = None) -> bytes:
     """Everything needed to tell how this track was made: request, seeds, plan, engine, DSP figures, each
-    window's gate verdicts and kept files (`windows`), and the song it was derived from (`parent`)."""
+    window's gate verdicts and kept files (`windows`), the song it was derived from (`parent`), and which
+    files carry signed content credentials (`credentials`, from longsong.credentials.summary)."""
     first = outcomes[0]
     manifest = {
         "generator": f"longsong {__version__}",
@@ -80,8 +81,12 @@ def build_manifest(job: FinishJob, plan: Plan, outcomes: list[SegmentOutcome], m
             "ceiling_dbtp": job.request.true_peak_dbtp,
             "limiter_gain_reduction_db": m.limiter_gain_reduction_db,
             "encoded_true_peak_dbtp": m.encoded_true_peak_dbtp,
+            "encoded_loudness_lufs": m.encoded_loudness_lufs,
+            "encoded_margin_db": m.encoded_margin_db,
+            "mono_rule": "dual mono: a 1-channel file is measured as if fed to both speakers (+3.01 dB)",
         },
         "watermark": {"id": job.watermark_id, "id_hex": f"{job.watermark_id:08x}"},
+        "credentials": credentials,
         "files": {name: asdict(f) for name, f in files.items()},
         "timings": {
             "stages_s": job.stage_timings,

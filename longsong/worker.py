@@ -34,8 +34,10 @@ HEARTBEAT_THROTTLE = timedelta(seconds=2)  # at most one heartbeat RPC per activ
 log = logging.getLogger("longsong.worker")
 
 
-def build_worker(kind: Kind, client: Client, settings: Settings, storage: Storage, registry=None) -> Worker:
-    """A configured, not yet running worker of `kind`; the GPU worker serves `registry`'s engines."""
+def build_worker(kind: Kind, client: Client, settings: Settings, storage: Storage, registry=None,
+                 signer=None) -> Worker:
+    """A configured, not yet running worker of `kind`; the GPU worker serves `registry`'s engines, the CPU
+    worker signs content credentials with `signer` (longsong.credentials.load_signer; None: unsigned)."""
     grace = timedelta(seconds=settings.shutdown_grace_s)
     # LONGSONG_BUILD_ID set: both workers join the Worker Deployment as version (deployment, build id);
     # pinned songs then run every task, GPU and CPU queue alike, on the build they started on.
@@ -71,7 +73,7 @@ def build_worker(kind: Kind, client: Client, settings: Settings, storage: Storag
     from longsong.workflows import SongWorkflow
     from longsong.workflows.notify import WebhookWorkflow
 
-    acts = FinishActivities(storage, settings)
+    acts = FinishActivities(storage, settings, signer)
     gate = QualityActivities(storage, settings)
     return Worker(
         client,
@@ -90,10 +92,10 @@ def build_worker(kind: Kind, client: Client, settings: Settings, storage: Storag
 
 @contextlib.asynccontextmanager
 async def in_process(address: str, settings: Settings, storage: Storage, registry=None, *, runtime=None,
-                     interceptors=()) -> AsyncIterator[Client]:
+                     interceptors=(), signer=None) -> AsyncIterator[Client]:
     """Both workers in this process, as the worker processes configure them (the procedural engine
     unless `registry` says otherwise); yields their client, on `runtime` (metrics) with `interceptors`
-    (tracing) when given. For tests, benchmarks, the history recorder."""
+    (tracing) when given, signing with `signer` when given. For tests, benchmarks, the history recorder."""
     if registry is None:
         from longsong.engines.procedural import ProceduralEngine
         from longsong.engines.registry import EngineRegistry
@@ -101,7 +103,8 @@ async def in_process(address: str, settings: Settings, storage: Storage, registr
         registry = EngineRegistry([ProceduralEngine()])
     install_storage_heartbeat()  # storage calls in activities heartbeat while they wait out an outage
     client = await Client.connect(address, runtime=runtime, interceptors=list(interceptors))
-    async with build_worker("gpu", client, settings, storage, registry), build_worker("cpu", client, settings, storage):
+    async with build_worker("gpu", client, settings, storage, registry), \
+            build_worker("cpu", client, settings, storage, signer=signer):
         yield client
 
 
@@ -111,7 +114,7 @@ async def serve(kind: Kind, settings: Settings) -> None:
     from longsong.client import connect
 
     runtime = telemetry.runtime(settings)  # a bad or taken LONGSONG_METRICS_ADDR fails before models load
-    registry = None
+    registry = signer = None
     if kind == "gpu":
         from longsong.engines.registry import EngineRegistry
 
@@ -128,13 +131,18 @@ async def serve(kind: Kind, settings: Settings) -> None:
         tmp = set_temp_root(settings.home / "tmp")  # every temporary file under the data dir
     except OSError as e:
         raise SettingsError(f"LONGSONG_HOME: data dir {settings.home} is not writable ({e.strerror})") from None
+    if kind == "cpu":  # a bad LONGSONG_C2PA_CERT/KEY: one line (CredentialsError) before connecting
+        from longsong.credentials import load_signer
+
+        signer = load_signer(settings)  # unset: the dev CA in $LONGSONG_HOME/c2pa/, made at the first start
+        serves += f", content credentials signed by {signer.subject!r}" + ("" if settings.c2pa_cert else " (dev CA)")
     storage = open_storage(settings=settings)
     # What killed workers left behind (their process is gone, or it is over a day old); live workers' files stay.
     swept = [p.name for p in sweep(tmp)] + storage.sweep_temporary()
     if swept:
         log.info("removed %d stale temporary entries (%s)", len(swept), ", ".join(sorted(swept)[:5]))
     client = await connect(settings=settings, runtime=runtime, interceptors=telemetry.interceptors(f"worker-{kind}"))
-    worker = build_worker(kind, client, settings, storage, registry)
+    worker = build_worker(kind, client, settings, storage, registry, signer)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)

@@ -28,6 +28,7 @@ from temporalio.client import Client
 
 from longsong import __version__
 from longsong.client import LongsongClient, merge_pending
+from longsong.credentials import load_signer
 from longsong.devstack import free_port
 from longsong.engines.base import TransientEngineError
 from longsong.engines.procedural import ProceduralEngine
@@ -101,7 +102,7 @@ def stack(temporal_address, tmp_path_factory):
     async def serve():
         try:
             client = await Client.connect(temporal_address)
-            workers = [build_worker("cpu", client, settings, storage)]
+            workers = [build_worker("cpu", client, settings, storage, signer=load_signer(settings))]  # dev CA
             workers += [build_worker("gpu", client, replace(settings, gpu_queue=settings.gpu_queue + suffix), storage,
                                      EngineRegistry([engine])) for suffix, engine in engines.items()]
             for w in workers:
@@ -271,6 +272,9 @@ def test_generate_wait_then_status_links_and_download(stack, finished, tmp_path)
     assert (tmp_path / "dl" / "track.mp3").read_bytes() == Path(finished["files"]["mp3"]).read_bytes()
     verify = cli("verify", finished["files"]["wav"], "--json", env=stack.env)
     assert verify.returncode == 0 and json.loads(verify.stdout)["watermark_id"] == finished["watermark_id"]
+    creds = json.loads(verify.stdout)["credentials"]  # signed by the stack's dev CA, which verify trusts
+    assert creds["trusted"] and creds["claim"]["song_id"] == song, creds
+    assert creds["claim"]["watermark_id"] == finished["watermark_id"]
 
 
 def test_global_options_after_the_command(stack, finished):

@@ -15,6 +15,7 @@ from temporalio.client import Client
 from longsong.audio.assemble import assemble
 from longsong.audio.npy import from_npy_bytes
 from longsong.client import LongsongClient
+from longsong.credentials import load_signer, read, trust_anchor
 from longsong.lineage import ParentError
 from longsong.plan import make_plan, segment_seed
 from longsong.request import InvalidRequest, Section, SongRequest, validate
@@ -55,11 +56,11 @@ def pre_master(storage, meta: dict) -> np.ndarray:
     return track
 
 
-def test_extend_and_regenerate_reuse_the_parents_windows(temporal_address, settings, storage):
+def test_extend_and_regenerate_reuse_the_parents_windows(temporal_address, settings, storage, tmp_path):
     settings = replace(settings, storage=storage.url)  # the client reads the parent from the workers' store
 
     async def main():
-        async with in_process(temporal_address, settings, storage) as client:
+        async with in_process(temporal_address, settings, storage, signer=load_signer(settings)) as client:
             lc = LongsongClient(client, settings)
             parent = await lc.submit(parent_request())
             p = await lc.result(parent.workflow_id)
@@ -94,6 +95,9 @@ def test_extend_and_regenerate_reuse_the_parents_windows(temporal_address, setti
         assert child.windows[i].inherited
     seam = round(cm["seams"][3]["start_s"] * 32000)  # the first seam that involves a new window
     assert np.array_equal(pre_master(storage, cm)[:, :seam], pre_master(storage, pm)[:, :seam])
+    (wav := tmp_path / "child.wav").write_bytes(storage.get_bytes(child.files["wav"]))
+    creds = read(wav, trust_anchor(settings))  # the content credentials name the parent song
+    assert creds.trusted and creds.parent == creds.claim["parent_id"] == p.request_id, creds
 
     # extend from inside the song: windows ending at or before 40 s are kept (window 0), the rest is new
     child, jobs = runs["extend_from"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from dataclasses import replace
@@ -44,9 +45,13 @@ async def payload_sizes(client: Client, workflow_id: str) -> list[int]:
     return sizes
 
 
-def test_song_end_to_end_in_process(temporal_address, storage, settings):
+def test_song_end_to_end_in_process(temporal_address, storage, settings, tmp_path):
+    from longsong.credentials import SOURCE_TYPE, load_signer, read
+
+    signer = load_signer(settings)  # the dev CA under the test's data dir, as a CPU worker makes it at start
+
     async def main():
-        async with in_process(temporal_address, settings, storage) as client:
+        async with in_process(temporal_address, settings, storage, signer=signer) as client:
             lc = LongsongClient(client, settings)
             req = song()
             handle = await lc.submit(req)
@@ -73,6 +78,15 @@ def test_song_end_to_end_in_process(temporal_address, storage, settings):
     assert meta["seed"] == 11 and meta["watermark"]["id"] == result.watermark_id
     assert meta["engine"]["name"] == "procedural" and len(meta["plan"]["segments"]) == 3
     assert meta["files"]["mp3"]["sha256"] and meta["files"]["wav"]["size"] > 0
+    assert meta["credentials"]["signed"] == ["mp3", "wav"] and meta["credentials"]["unsigned"] == {}
+    for fmt in ("mp3", "wav"):  # the stored files carry trusted content credentials naming this song
+        local = tmp_path / f"track.{fmt}"
+        local.write_bytes(storage.get_bytes(prefix + local.name))
+        creds = read(local, (settings.home / "c2pa" / "ca.pem").read_bytes())
+        assert creds.trusted and creds.digital_source_type == SOURCE_TYPE, creds.errors
+        assert creds.claim["song_id"] == req.request_id and creds.claim["watermark_id"] == result.watermark_id
+        canonical = json.dumps(meta["request"], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        assert creds.claim["request_sha256"] == hashlib.sha256(canonical.encode()).hexdigest()
     assert progress.stage == "done" and progress.percent == 100
     assert seen and [p.percent for p in seen] == sorted(p.percent for p in seen)  # progress never goes back
     assert max(sizes) < MAX_PAYLOAD, f"payload of {max(sizes)} bytes"

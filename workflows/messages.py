@@ -25,7 +25,8 @@ SEARCH_ATTRIBUTES = {STAGE.name: "Keyword", PROGRESS.name: "Int", USER.name: "Ke
 
 # Class names of core errors no retry can fix: activities raise them as non-retryable ApplicationErrors,
 # and the workflow's retry policies name them too.
-NON_RETRYABLE_ERRORS = ("InvalidRequest", "EngineError", "StorageError", "SilentTrackError", "FfmpegMissing")
+NON_RETRYABLE_ERRORS = ("InvalidRequest", "EngineError", "StorageError", "SilentTrackError", "GainLimitError",
+                        "FfmpegMissing")
 
 
 def scratch_prefix(request_id: str) -> str:
@@ -233,7 +234,9 @@ class Mastered:
     true_peak_dbtp: float
     limiter_gain_reduction_db: float
     seams: list[SeamReport]
-    encoded_true_peak_dbtp: dict[str, float]  # per lossy format, measured on the decoded file
+    encoded_true_peak_dbtp: dict[str, float]  # per format (lossy only in older songs), decoded
+    encoded_loudness_lufs: dict[str, float] = field(default_factory=dict)  # per format, decoded, as played
+    encoded_margin_db: dict[str, float] = field(default_factory=dict)  # each format limited this far under the ceiling
 
 
 @dataclass

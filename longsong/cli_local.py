@@ -26,7 +26,7 @@ def print_json(obj: object) -> None:
 
 def verify_command(a: argparse.Namespace, settings: Settings) -> int:
     from longsong import credentials
-    from longsong.audio.encode import FfmpegError, decode
+    from longsong.audio.encode import FfmpegError, damage, decode
     from longsong.audio.watermark import detect
 
     path = Path(a.file)
@@ -40,6 +40,8 @@ def verify_command(a: argparse.Namespace, settings: Settings) -> int:
         raise CliError(f"file: {a.file} is not audio ffmpeg can decode ({str(e).splitlines()[0]})") from None
     if audio.size == 0:
         raise CliError(f"file: {a.file} holds no audio samples")
+    if problem := damage(path):
+        raise CliError(f"file: {a.file} is damaged or truncated (ffmpeg: {problem})")
     try:  # the C2PA manifest, trusted when signed by the configured (or dev) CA
         creds = credentials.read(path, credentials.trust_anchor(settings))
     except ValueError as e:
@@ -47,14 +49,20 @@ def verify_command(a: argparse.Namespace, settings: Settings) -> int:
     d = detect(audio, sr, settings.watermark_secret)
     if a.json:
         print_json({"file": a.file, "found": d.found, "watermark_id": d.track_id, "confidence": d.confidence,
-                    "credentials": asdict(creds)})
+                    "marks": [asdict(m) for m in d.marks], "credentials": asdict(creds)})
     else:
-        if d.found:
-            print(f"found: watermark id {d.track_id} (0x{d.track_id:08x}), confidence {d.confidence:.2f}")
-        else:
+        for m in d.marks:
+            speed = f", at {100 * (m.speed - 1):+.2f} % speed" if m.speed != 1.0 else ""
+            print(f"found: watermark id {m.track_id} (0x{m.track_id:08x}), confidence {m.confidence:.2f}{speed}; "
+                  f"in {', '.join(f'{clock(s.start_s)}-{clock(s.end_s)}' for s in m.spans) or 'no 5 s window alone'}")
+        if not d.found:
             print(f"not found (confidence {d.confidence:.2f})")
         print(f"content credentials: {credentials_line(creds)}")
     return EXIT_OK if d.found else EXIT_NOT_FOUND_MARK
+
+
+def clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
 
 
 def credentials_line(c) -> str:

@@ -221,6 +221,32 @@ def test_verify_exit_codes(tmp_path):
     assert run.returncode == 1 and json.loads(run.stdout)["found"] is False, run.stderr
 
 
+def test_verify_reports_where_the_mark_is(tmp_path):
+    """15 s of a marked song then 15 s of an unmarked one: verify names the id, the speed it was read at
+    and the time range that carries it, in text and JSON."""
+    from groundtruth import mastering_set
+
+    from longsong.audio.encode import encode
+    from longsong.audio.mastering import master_track
+    from longsong.audio.watermark import embed
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LONGSONG_", "TEMPORAL_"))}
+    env["LONGSONG_HOME"] = str(tmp_path)
+    settings = Settings.from_env(env)
+    songs = [master_track(x, 32000, -14.0, -1.0)[0] for x in list(mastering_set(30.0).values())[:4]]
+    marked = embed(songs[3], 32000, 0xBEEF, settings.watermark_secret)
+    joined = np.concatenate([marked[:, : 15 * 32000], songs[0][:, 15 * 32000 :]], axis=1)
+    path = tmp_path / "edit.flac"
+    encode(joined, 32000, "flac", path, {})
+    text = cli("verify", str(path), env=env)
+    assert text.returncode == 0, text.stderr
+    assert f"found: watermark id {0xBEEF} (0x0000beef)" in text.stdout and "in 0:00.0-0:15.0" in text.stdout
+    got = json.loads(cli("verify", str(path), "--json", env=env).stdout)
+    (mark,) = got["marks"]
+    assert (mark["track_id"], mark["speed"], got["watermark_id"]) == (0xBEEF, 1.0, 0xBEEF)
+    assert [(s["start_s"], s["end_s"]) for s in mark["spans"]] == [(0.0, 15.0)]
+
+
 def test_stalled_heartbeat_hides_the_eta():
     """A running window silent for 30 s (its worker may be gone) has no ETA, and the status line says why."""
     from temporalio.api.enums.v1 import PendingActivityState

@@ -10,8 +10,13 @@ import pyloudnorm
 import pytest
 from scipy import signal
 
+import soxr
+
 from longsong.audio import encode, watermark
+from longsong.audio.mastering import master_track
 from longsong.audio.watermark import Detection, detect, embed
+
+from groundtruth import mastering_set
 
 SR = 32000
 KEY = b"test-watermark-key"
@@ -67,7 +72,9 @@ def _through(fmt: str, audio: np.ndarray, folder: Path) -> tuple[np.ndarray, int
 def test_round_trip_in_memory(marked: np.ndarray) -> None:
     assert marked.dtype == np.float32
     result = detect(marked, SR, KEY)
-    assert result == Detection(True, TRACK_ID, pytest.approx(1.0, abs=1e-6))
+    assert (result.found, result.track_id, result.confidence) == (True, TRACK_ID, pytest.approx(1.0, abs=1e-6))
+    assert [(m.track_id, m.speed) for m in result.marks] == [(TRACK_ID, 1.0)]
+    assert [(s.start_s, s.end_s) for s in result.marks[0].spans] == [(0.0, 60.0)]
 
 
 @pytest.mark.parametrize("fmt", ["wav", "mp3", "opus"])
@@ -111,7 +118,7 @@ def test_unmarked_audio_is_not_flagged(original: np.ndarray) -> None:
                   (0.1 * rng.standard_normal((2, 20 * SR))).astype(np.float32),
                   np.zeros((2, 5 * SR), np.float32), np.zeros((1, 10), np.float32)]
     for audio in candidates:
-        assert detect(audio, SR, KEY) == Detection(False, None, pytest.approx(0.0, abs=0.5))
+        assert detect(audio, SR, KEY) == Detection(False, None, pytest.approx(0.0, abs=0.5), [])
 
 
 def test_inaudible(original: np.ndarray, marked: np.ndarray) -> None:
@@ -120,6 +127,41 @@ def test_inaudible(original: np.ndarray, marked: np.ndarray) -> None:
     assert snr_db >= 30.0
     meter = pyloudnorm.Meter(SR)
     assert abs(meter.integrated_loudness(marked.T) - meter.integrated_loudness(original.T)) < 0.1
+
+
+@pytest.fixture(scope="module")
+def real() -> list[np.ndarray]:
+    """Real recorded music (sonic-pi loops, a FluidR3 render), mastered as the pipeline does."""
+    return [master_track(x, SR, -14.0, -1.0)[0] for x in mastering_set(30.0).values()]
+
+
+@pytest.mark.parametrize("speed", [1.02, 0.98, 1.0065])
+def test_found_after_a_speed_change(real: list[np.ndarray], speed: float) -> None:
+    """Played faster or slower by resampling (time and pitch move together): the detector searches the
+    speed, reports it, and reads the id (rates over many songs: benchmarks/watermark_robustness.py)."""
+    for i in (2, 3):
+        changed = soxr.resample(embed(real[i], SR, TRACK_ID + i, KEY).T, SR, SR / speed).T.astype(np.float32)
+        result = detect(changed, SR, KEY)
+        assert result.track_id == TRACK_ID + i
+        assert result.marks[0].speed == pytest.approx(speed, abs=2e-4)
+
+
+def test_localises_the_marked_part(real: list[np.ndarray]) -> None:
+    """15 s of a marked song, then 15 s of another, unmarked: the mark's spans cover the first part only."""
+    joined = np.concatenate([embed(real[3], SR, 77, KEY)[:, : 15 * SR], real[0][:, 15 * SR :]], axis=1)
+    (mark,) = detect(joined, SR, KEY).marks
+    assert mark.track_id == 77 and [(s.start_s, s.end_s) for s in mark.spans] == [(0.0, 15.0)]
+
+
+def test_two_marks_mixed_from_the_same_start_are_both_read(real: list[np.ndarray]) -> None:
+    """The pattern's start in the block is keyed by the id, so two marks mixed at the same start do not share
+    a sync peak: the same recording marked with two ids and mixed (each mark then has half the band) gives
+    both in a minute of it. (Two different songs mixed: each mark only shows where its song holds the band, so
+    a 30 s excerpt rarely gives both; see the benchmark.)"""
+    song = np.tile(real[3], 2)
+    a, b = embed(song, SR, 1001, KEY), embed(song, SR, 1002, KEY)
+    assert watermark._block_offset(1001, KEY) != watermark._block_offset(1002, KEY)
+    assert sorted(m.track_id for m in detect(0.5 * (a + b), SR, KEY).marks) == [1001, 1002]
 
 
 def test_true_peak_of_limited_master_kept() -> None:

@@ -211,6 +211,15 @@ def decode(path: str | Path, sr: int | None = None) -> tuple[np.ndarray, int]:
     return _parse_wav_pipe(_run(ffmpeg.input(str(path)).output("pipe:", **options)))
 
 
+def damage(path: str | Path) -> str | None:
+    """The first error ffmpeg reports while decoding the whole file (a truncated WAV, FLAC or MP3 shows
+    one; a decode still succeeds, so `decode` alone cannot tell), or None for an intact file."""
+    argv = [ffmpeg_exe(), "-hide_banner", "-nostats", "-loglevel", "error", "-i", str(path), "-f", "null", "-"]
+    run = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace")
+    lines = [line.split("] ", 1)[-1] for line in run.stderr.strip().splitlines()]
+    return lines[0] if lines else (f"exit code {run.returncode}" if run.returncode else None)
+
+
 def read_tags(path: str | Path) -> dict[str, str]:
     """Container metadata of a file: global tags plus the first audio stream's (Ogg keeps its
     vorbis comments on the stream), via ffmpeg's ffmetadata text format."""

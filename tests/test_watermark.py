@@ -12,7 +12,7 @@ from scipy import signal
 
 import soxr
 
-from longsong.audio import encode, watermark
+from longsong.audio import encode, watermark, watermark_v1
 from longsong.audio.mastering import master_track
 from longsong.audio.watermark import Detection, detect, embed
 
@@ -177,6 +177,31 @@ def test_rejects_ids_over_32_bits() -> None:
         embed(np.zeros((1, SR), np.float32), SR, 2**32, KEY)
 
 
-def test_pattern_is_keyed() -> None:
-    a, b = watermark._pattern(b"a"), watermark._pattern(b"b")
-    assert not np.array_equal(a.chips, b.chips) and np.array_equal(a.chips, watermark._pattern(b"a").chips)
+def test_layout_is_keyed() -> None:
+    a, b = watermark._layout(b"a"), watermark._layout(b"b")
+    assert not np.array_equal(a.sign, b.sign) and np.array_equal(a.sign, watermark._layout(b"a").sign)
+
+
+def test_short_crops_filters_and_downmix(real: list[np.ndarray]) -> None:
+    """Any 5 s of a marked song, a 4 kHz low-pass and a mono downmix keep the id (band energies survive)."""
+    marked = embed(real[0], SR, 4242, KEY)
+    for start in (0.0, 7.3, 21.9):
+        assert detect(marked[:, int(start * SR) : int((start + 5) * SR)], SR, KEY).track_id == 4242
+    lowpassed = signal.sosfiltfilt(signal.butter(8, 4000, fs=SR, output="sos"), marked, axis=-1)
+    assert detect(lowpassed.astype(np.float32), SR, KEY).track_id == 4242
+    assert detect(marked.mean(axis=0, keepdims=True), SR, KEY).track_id == 4242
+
+
+def test_mark_stays_under_the_music_in_every_second(real: list[np.ndarray]) -> None:
+    for x in real:
+        mark = embed(x, SR, 99, KEY) - x
+        for k in range(0, x.shape[1] - SR + 1, SR // 2):
+            music_power = np.square(x[:, k : k + SR], dtype=np.float64).sum()
+            if music_power > 0:
+                assert 10 * np.log10(np.square(mark[:, k : k + SR], dtype=np.float64).sum() / music_power) <= -30.0
+
+
+def test_marks_of_the_first_scheme_are_still_read(real: list[np.ndarray]) -> None:
+    """Songs delivered before the band-energy scheme carry `watermark_v1`'s mark: detect still reads it."""
+    old = watermark_v1.embed(real[3], SR, 31337, KEY)
+    assert watermark.detect(old, SR, KEY).track_id == 31337

@@ -1,67 +1,75 @@
-"""Keyed spread-spectrum watermark carrying a 32-bit track id.
+"""Keyed watermark carrying a 32-bit track id in the log energies of coarse time-frequency cells.
 
-Embedding multiplies STFT magnitudes in 1-6 kHz by (1 + alpha * chip), chip = +-1 from a
-key-seeded pattern times the sign of the codeword bit the cell carries. Being multiplicative it
-follows the music (masked where the band is loud, absent where it is silent). The pattern repeats
-every BLOCK frames (~4 s), so any excerpt of a few blocks decodes.
+Cells are 128 ms by 1/16 of 250..4000 Hz (log-spaced, ~19 % wide) of the channel mean, so codecs,
+low-pass filters and downmixes, which keep band energies, keep the mark. Each of the 48 bits (the id and 16
+bits of HMAC(key, id)) owns one column of two cells in a 4.1 s block that repeats, and 2 or 3 2x2
+squares of cells in it with keyed signs (+ - / - +): the sum over a square cancels any gain that is static
+per band (EQ, low-pass) or common to all bands (fades, compressors). The bit is written by spread-transform
+dither modulation: the signed sum of its cells' dB is moved towards the keyed lattice point of its value,
+so the music itself does not interfere with decoding (as it does with additive spread spectrum); only the
+attack's change of those energies does. Distortion compensation moves ALPHA of the way with a
+correspondingly wider lattice. Changes go preferably to the cells that cost least mark power (quiet
+relative to their column), each at most MAX_CELL_DB, and the mark is scaled down in any 1 s window where
+it would be less than GUARD_DB under the music.
 
-Codeword (64 bits): 16 keyed sync bits, the 32-bit id, 16 bits of HMAC(key, id). Detection works
-on log band power: it predicts the host from the neighbouring frames, folds the residual modulo
-the block, finds the block phase (and half-hop offset, so encoder delays and excerpts need no
-alignment) from the sync bits, then reads the other bits by correlation. Every statistic is a
-z-score (chips are independent of the music), so thresholds hold whatever the music.
-
-Depth: alpha <= 0.05 (-26 dB re the band), lowered where needed to keep the mark 31 dB under the
-whole signal, and faded out locally where it would push a sample over the master's own peak.
+Detection: cell energies at every frame offset, each bit's lattice phase cos(2 pi u) summed over its
+repetitions, a chi-square over the 48 bits per block phase (no sync bits: any phase where every bit sits on
+its lattice stands out), then the check bits must agree. Files of MIN_SEARCH_S or more where nothing is
+found are searched for a speed change (resampling: time and frequency scale together) within SPEED_RANGE.
+Marks from the first scheme (`watermark_v1`) are still read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from math import gcd
 
 import numpy as np
 import soxr
-from scipy import fft, ndimage, signal, special
+from scipy import fft, signal, special
 
-RATE = 32000  # the pattern is defined at this rate; other rates are resampled
-HOP = 256
-N_FFT = 2 * HOP
-BAND = slice(16, 97)  # bins of 1000..6000 Hz at RATE / N_FFT = 62.5 Hz
-BLOCK = 512  # frames per codeword repetition (4.1 s)
-N_SYNC, N_ID, N_CHECK = 16, 32, 16
-N_BITS = N_SYNC + N_ID + N_CHECK
-ALPHA_MAX = 0.05  # magnitude modulation depth: -26 dB relative to the band
-MIN_SNR_DB = 31.0  # watermark power at least this far below the whole signal
-FLOOR = 1e-2  # log power floor relative to the mean: quiet cells carry mostly leakage
-NORM_CELLS = (3, 3)  # neighbourhood (frames, bins) whose residual RMS normalises a cell
-SYNC_Z = 5.0  # sync threshold; with the 16-bit check a false positive is ~1e-9 per track
+from longsong.audio import watermark_v1
+
+RATE = 32000  # analysis rate; other rates are resampled
+N_FFT, HOP = 2048, 512
+F_LO, F_HI, N_BANDS = 250.0, 4000.0, 16
+CELL = 8  # frames per cell (128 ms)
+COLS = 16  # columns of two cells in a block
+BLOCK = COLS * 2 * CELL  # frames per repetition (4.1 s)
+N_ID, N_CHECK = 32, 16
+N_BITS = N_ID + N_CHECK
+ALPHA = 0.8  # distortion compensation
+STEP_DB = 0.8 / ALPHA  # lattice step per sqrt(cell) of a bit's projection
+FLOOR = 1e-3  # energy floor relative to the mean cell: silence does not swing the dB
+LAMBDA = 0.1  # cost of a dB in a cell: its energy relative to its column's mean + LAMBDA
+MAX_CELL_DB = 2.5
+PASSES = 4  # adjust towards the targets; the STFT smears a little, so the last pass measures resynthesised audio
+GUARD_DB = -31.0
+SYNC_Z = 4.0  # at the file's own speed: 512 phases tried, then 16 check bits
+SEARCH_Z = 5.5  # under the speed search (thousands of tries)
 MAX_MARKS = 3
-SPAN_S, SPAN_Z = 5.0, 4.0  # localisation: windows of 5 s whose codeword correlation reaches z 4
-# Speed changes (resampling) searched when nothing is found as it is, in files of MIN_SEARCH_S or more
-# (shorter ones hold too little of the sync to stand out among so many tries): +-2.2 % in steps of
-# 0.04 % on the middle SEARCH_S, then finer steps on longer excerpts (a step keeps the excerpt's drift
-# under a quarter frame, so the fold still adds up).
-SPEED_RANGE, SPEED_STEP, SEARCH_S, MIN_SEARCH_S = 0.022, 0.0004, 24.0, 15.0
-REFINE = ((24.0, 0.0001), (72.0, 0.00003))  # (excerpt s, step)
-WIDE = slice(BAND.start - 2, BAND.stop + 4)  # the bins a warp within SPEED_RANGE reads
-_WINDOW = np.sin(np.pi * (np.arange(N_FFT) + 0.5) / N_FFT).astype(np.float32)  # sqrt-Hann
+SPAN_S, SPAN_Z = 5.0, 3.0  # localisation windows and the agreement they need
+SPEED_RANGE, SPEED_STEP, SEARCH_S, MIN_SEARCH_S = 0.022, 0.002, 24.0, 8.0
+REFINE = (0.0005, 0.0002)
+READ_S = 60.0  # the refinement and the first read use the middle minute
+EDGES = F_LO * (F_HI / F_LO) ** (np.arange(N_BANDS + 1) / N_BANDS) / (RATE / N_FFT)  # in bins
+_WINDOW = np.sin(np.pi * (np.arange(N_FFT) + 0.5) / N_FFT).astype(np.float32)
 
 
 @dataclass
 class Span:
     start_s: float  # in the file's own time
     end_s: float
-    z: float  # the strongest window's correlation with the mark's codeword
+    z: float  # the strongest window's agreement with the mark's bits
 
 
 @dataclass
 class Mark:
     track_id: int
-    confidence: float  # estimated probability that all 48 id/check bits were read right
+    confidence: float  # 1 - the chance that noise passes both the sync and the check bits
     speed: float  # the speed change it was found at (1.0: none)
     spans: list[Span]
 
@@ -75,20 +83,34 @@ class Detection:
 
 
 @dataclass(frozen=True)
-class _Pattern:
-    chips: np.ndarray  # (BLOCK, n_band) +-1
-    bit_of_cell: np.ndarray  # (BLOCK, n_band) codeword bit index of each cell
-    sync: np.ndarray  # (N_SYNC,) +-1
+class _Layout:
+    """Every cell of the block: its bit, time cell in the bit's column (0/1), band and sign."""
+
+    bit: np.ndarray
+    dcell: np.ndarray
+    band: np.ndarray
+    sign: np.ndarray
+    col: np.ndarray  # (N_BITS,) column of each bit
+    n_cells: np.ndarray  # (N_BITS,)
+    step: np.ndarray  # (N_BITS,) lattice step, dB
+    dither: np.ndarray  # (N_BITS,) lattice offset, in steps
 
 
 @lru_cache(maxsize=8)
-def _pattern(key: bytes) -> _Pattern:
-    seed = hashlib.sha256(b"longsong-watermark-pattern\0" + key).digest()
+def _layout(key: bytes) -> _Layout:
+    seed = hashlib.sha256(b"longsong-watermark-stdm\0" + key).digest()
     rng = np.random.default_rng(np.frombuffer(seed, dtype=np.uint64))
-    n_band = BAND.stop - BAND.start
-    chips = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=(BLOCK, n_band))
-    bit_of_cell = (rng.permutation(BLOCK * n_band) % N_BITS).reshape(BLOCK, n_band)
-    return _Pattern(chips, bit_of_cell, rng.choice(np.array([-1.0, 1.0]), size=N_SYNC))
+    col = np.repeat(np.arange(COLS), N_BITS // COLS)[rng.permutation(N_BITS)]
+    rows = []
+    for c in range(COLS):  # the column's 8 band pairs shared 3/3/2 among its 3 bits
+        owners = np.resize(np.flatnonzero(col == c), N_BANDS // 2)
+        for pair, bit in zip(rng.permutation(N_BANDS // 2), owners):
+            s = rng.choice([-1.0, 1.0])
+            rows += [(bit, dc, 2 * pair + db, s * sg) for dc, db, sg in ((0, 0, 1), (0, 1, -1), (1, 0, -1), (1, 1, 1))]
+    bit, dcell, band, sign = (np.array(v) for v in zip(*rows))
+    n_cells = np.bincount(bit, minlength=N_BITS)
+    return _Layout(bit, dcell, band, sign.astype(np.float64), col, n_cells, STEP_DB * np.sqrt(n_cells),
+                   rng.random(N_BITS))
 
 
 def _check_bits(track_id: int, key: bytes) -> np.ndarray:
@@ -97,11 +119,15 @@ def _check_bits(track_id: int, key: bytes) -> np.ndarray:
     return np.unpackbits(np.frombuffer(mac.digest()[:2], dtype=np.uint8))
 
 
-def _codeword(track_id: int, key: bytes) -> np.ndarray:
-    """+-1 signs of the 64 codeword bits."""
+def _bits(track_id: int, key: bytes) -> np.ndarray:
     id_bits = np.unpackbits(np.frombuffer(track_id.to_bytes(4, "big"), dtype=np.uint8))
-    payload = np.concatenate([id_bits, _check_bits(track_id, key)]) * 2.0 - 1.0
-    return np.concatenate([_pattern(key).sync, payload])
+    return np.concatenate([id_bits, _check_bits(track_id, key)])
+
+
+def _block_offset(track_id: int, key: bytes) -> int:
+    """Where the block starts, keyed by the id: two songs mixed from the same start keep their phases apart."""
+    mac = hmac.new(key, b"longsong-watermark-offset\0" + track_id.to_bytes(4, "big"), hashlib.sha256)
+    return int.from_bytes(mac.digest()[:2], "big") % BLOCK
 
 
 def _resample(audio: np.ndarray, sr_from: int, sr_to: int) -> np.ndarray:
@@ -111,53 +137,77 @@ def _resample(audio: np.ndarray, sr_from: int, sr_to: int) -> np.ndarray:
     return signal.resample_poly(audio, sr_to // g, sr_from // g, axis=-1).astype(np.float32)
 
 
-def _block_offset(track_id: int, key: bytes) -> int:
-    """Where in the block the pattern starts, keyed by the id: two songs mixed from the same start keep
-    their sync peaks apart (the detector searches every shift, so this costs it nothing)."""
-    mac = hmac.new(key, b"longsong-watermark-offset\0" + track_id.to_bytes(4, "big"), hashlib.sha256)
-    return int.from_bytes(mac.digest()[:2], "big") % BLOCK
-
-
-def _watermark_signal(audio: np.ndarray, track_id: int, key: bytes) -> np.ndarray:
-    """Unit-depth watermark at RATE: ISTFT of the band STFT times the keyed +-1 pattern."""
-    pattern = _pattern(key)
-    cells = pattern.chips * _codeword(track_id, key).astype(np.float32)[pattern.bit_of_cell]
-    channels, n = audio.shape
-    n_frames = n // HOP + 1
-    padded = np.zeros((channels, (n_frames + 1) * HOP), dtype=np.float32)
-    padded[:, HOP : HOP + n] = audio
+def _stft(audio: np.ndarray) -> np.ndarray:
+    """(channels, frames, bins), frame t centred on sample t * HOP."""
+    n = audio.shape[1]
+    padded = np.pad(audio, ((0, 0), (N_FFT // 2, N_FFT // 2 + (-n) % HOP)))
     frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT, axis=-1)[:, ::HOP] * _WINDOW
-    spec = fft.rfft(frames, axis=-1, workers=-1)  # the mastering stage has the other core idle
-    spec[..., : BAND.start] = 0.0
-    spec[..., BAND.stop :] = 0.0
-    spec[..., BAND] *= cells[(np.arange(n_frames) + _block_offset(track_id, key)) % BLOCK]
-    out_frames = fft.irfft(spec, n=N_FFT, axis=-1, overwrite_x=True, workers=-1)
-    out_frames *= _WINDOW
-    out = np.zeros((channels, n_frames + 1, HOP), dtype=np.float32)
-    out[:, :-1] += out_frames[..., :HOP]
-    out[:, 1:] += out_frames[..., HOP:]
-    return out.reshape(channels, -1)[:, HOP : HOP + n]
+    return fft.rfft(frames, axis=-1)
 
 
-def _peak_gain(audio: np.ndarray, mark: np.ndarray) -> np.ndarray:
-    """Smooth gain <= 1 for the mark keeping |audio + gain * mark| under audio's own sample
-    peak, so the watermark does not raise the (true) peak of an already limited master.
-
-    The per-sample bound is taken as a minimum over 3 HOP-blocks and linearly interpolated
-    between block centres, which stays under the bound everywhere."""
-    ceiling = np.abs(audio).max()
-    bound = np.clip((ceiling - np.abs(audio)) / (np.abs(mark) + 1e-12), 0.0, 1.0).min(axis=0)
-    if bound.min() >= 1.0:
-        return np.ones(1, dtype=np.float32)
-    n = bound.size
-    blocks = np.pad(bound, (0, -n % HOP), constant_values=1.0).reshape(-1, HOP).min(axis=1)
-    blocks = ndimage.minimum_filter1d(blocks, 3, mode="nearest")
-    centres = np.arange(blocks.size) * HOP + (HOP - 1) / 2
-    return np.interp(np.arange(n), centres, blocks).astype(np.float32)
+def _istft(spec: np.ndarray, n: int) -> np.ndarray:
+    """Weighted overlap-add inverse of `_stft` (sqrt-Hann both ways, normalised by the window sum)."""
+    frames = fft.irfft(spec, n=N_FFT, axis=-1).astype(np.float32) * _WINDOW
+    channels, t, _ = frames.shape
+    out = np.zeros((channels, (t + 3) * HOP), np.float32)
+    norm = np.zeros((t + 3) * HOP, np.float32)
+    for k in range(N_FFT // HOP):
+        out[:, k * HOP : (k + t) * HOP] += frames[:, :, k * HOP : (k + 1) * HOP].reshape(channels, -1)
+        norm[k * HOP : (k + t) * HOP] += np.tile(_WINDOW[k * HOP : (k + 1) * HOP] ** 2, t)
+    return (out / np.maximum(norm, 1e-3))[:, N_FFT // 2 : N_FFT // 2 + n]
 
 
-def _power(audio: np.ndarray) -> float:
-    return float(np.square(audio).sum(dtype=np.float64)) / max(audio.size, 1)
+def _mid_power(audio: np.ndarray) -> np.ndarray:
+    """STFT power of the channel mean: what a downmix keeps."""
+    spec = _stft(audio.mean(axis=0, keepdims=True))[0]
+    return spec.real**2 + spec.imag**2
+
+
+def _band_frames(power: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """(frames, N_BANDS) band energies, band edges scaled by `scale` (fractional bins, linear)."""
+    cum = np.concatenate([np.zeros((len(power), 1)), np.cumsum(power, axis=1)], axis=1)
+    edges = EDGES * scale
+    lo = np.floor(edges).astype(np.int64)
+    w = edges - lo
+    return np.diff(cum[:, lo] * (1 - w) + cum[:, lo + 1] * w, axis=1)
+
+
+def _cells(bands: np.ndarray, stretch: float = 1.0) -> np.ndarray:
+    """dB of the cell starting at every nominal frame n (read at frame n * stretch, CELL * stretch long)."""
+    cum = np.concatenate([np.zeros((1, N_BANDS)), np.cumsum(bands, axis=0)])
+    n = int((len(bands) - CELL * stretch) / stretch)
+    if n <= 0:
+        return np.zeros((0, N_BANDS))
+
+    def at(y: np.ndarray) -> np.ndarray:
+        i = np.minimum(y.astype(np.int64), len(cum) - 2)
+        w = (y - i)[:, None]
+        return cum[i] * (1 - w) + cum[i + 1] * w
+
+    y = np.arange(n) * stretch
+    e = at(y + CELL * stretch) - at(y)
+    return 10 * np.log10(e + FLOOR * float(e.mean()) + 1e-30)
+
+
+def _projections(db: np.ndarray, lay: _Layout) -> np.ndarray:
+    """(N_BITS, positions): each bit's signed cell sum / sqrt(cells) were its column to start there."""
+    n = len(db) - 2 * CELL + 1
+    if n <= 0:
+        return np.zeros((N_BITS, 0))
+    vals = db[lay.dcell[:, None] * CELL + np.arange(n), lay.band[:, None]] * lay.sign[:, None]
+    out = np.zeros((N_BITS, n))
+    np.add.at(out, lay.bit, vals)
+    return out / np.sqrt(lay.n_cells)[:, None]
+
+
+def _guard(mark: np.ndarray, audio: np.ndarray) -> np.ndarray:
+    """The mark scaled down in any 1 s window (every 0.5 s) where it is above GUARD_DB re the music."""
+    half, n = RATE // 2, audio.shape[1]
+    k = -(-n // half)
+    pm, pa = (np.pad(np.square(x).sum(axis=0), (0, k * half - n)).reshape(k, half).sum(axis=1) for x in (mark, audio))
+    ratio = np.minimum(1.0, np.sqrt(10 ** (GUARD_DB / 10) * (pa + np.roll(pa, -1)) / np.maximum(pm + np.roll(pm, -1), 1e-30)))
+    gain = np.minimum(ratio, np.roll(ratio, 1))  # each half second lies in two windows
+    return mark * np.interp(np.arange(n), np.arange(k) * half + half / 2, gain).astype(np.float32)
 
 
 def embed(audio: np.ndarray, sr: int, track_id: int, key: bytes) -> np.ndarray:
@@ -165,209 +215,179 @@ def embed(audio: np.ndarray, sr: int, track_id: int, key: bytes) -> np.ndarray:
     if not 0 <= track_id < 2**32:
         raise ValueError(f"track_id must fit in 32 bits, got {track_id}")
     audio = np.atleast_2d(np.asarray(audio, dtype=np.float32))
-    mark = _watermark_signal(_resample(audio, sr, RATE), track_id, key)
-    mark = _resample(mark, RATE, sr)[:, : audio.shape[1]]
-    power_mark = _power(mark)
-    if power_mark == 0.0:
-        return audio.copy()
-    alpha = min(ALPHA_MAX, np.sqrt(_power(audio) / power_mark) * 10 ** (-MIN_SNR_DB / 20))
-    mark *= alpha
-    return audio + _peak_gain(audio, mark) * mark
-
-
-def _band_power(audio: np.ndarray, bins: slice = BAND) -> np.ndarray:
-    """Band power summed over channels, frames every HOP/2 samples (both half-hop phases)."""
-    power = 0.0
-    for ch in audio:
-        ch = np.pad(ch, (0, max(0, N_FFT - ch.size)))
-        frames = np.lib.stride_tricks.sliding_window_view(ch, N_FFT)[:: HOP // 2]
-        band = fft.rfft(frames * _WINDOW, axis=-1)[:, bins]
-        power = power + band.real**2 + band.imag**2
-    return power
-
-
-def _log(power: np.ndarray) -> np.ndarray:
-    """Log power with a floor relative to the mean: quiet cells carry mostly leakage."""
-    return np.log(power + FLOOR * float(np.mean(power)) + 1e-20)
-
-
-def _log_band_power(audio: np.ndarray) -> np.ndarray:
-    return _log(_band_power(audio))
-
-
-def _warp(power: np.ndarray, speed: float) -> np.ndarray:
-    """Band power of WIDE half-hop frames as it would read, every HOP, after undoing a speed change by
-    `speed`: restored frame j is frame j / speed of this one, bin f is bin f * speed (linear interpolation
-    on both axes); an approximation of resampling that costs no STFT."""
-    rows = np.arange(0, int((len(power) - 1) * speed), 2) / speed
-    cols = np.arange(BAND.start, BAND.stop) * speed - WIDE.start
-    r0, c0 = rows.astype(np.int64), cols.astype(np.int64)
-    wr, wc = (rows - r0)[:, None].astype(np.float32), (cols - c0).astype(np.float32)
-    by_bin = power[:, c0] * (1 - wc) + power[:, c0 + 1] * wc
-    return by_bin[r0] * (1 - wr) + by_bin[np.minimum(r0 + 1, len(power) - 1)] * wr
-
-
-def _residual(log_power: np.ndarray) -> np.ndarray:
-    """Host-removed log power: each frame less the mean of its two neighbours (independent chips, so the
-    mark is kept whole), scaled to unit local RMS so transients do not drown the rest."""
-    residual = np.zeros_like(log_power)
-    residual[1:-1] = log_power[1:-1] - 0.5 * (log_power[:-2] + log_power[2:])
-    rms = np.sqrt(np.maximum(ndimage.uniform_filter(residual**2, NORM_CELLS), 0.0))
-    return residual / (rms + 1e-6)
-
-
-def _fold(residual: np.ndarray) -> np.ndarray:
-    """Residual summed modulo BLOCK: repetitions add up, music averages out."""
-    n_blocks = max(1, -(-len(residual) // BLOCK))
-    padded = np.zeros((n_blocks * BLOCK, residual.shape[1]), dtype=np.float32)
-    padded[: len(residual)] = residual
-    return padded.reshape(n_blocks, BLOCK, -1).sum(axis=0)
-
-
-def _circular_xcorr(folded: np.ndarray, template: np.ndarray) -> np.ndarray:
-    """For every block shift s: sum over cells of folded[(b + s) % BLOCK, f] * template[b, f]."""
-    spectrum = fft.rfft(folded, axis=0) * np.conj(fft.rfft(template, axis=0))
-    return fft.irfft(spectrum.sum(axis=1), n=BLOCK)
-
-
-def _sync_z(folded: np.ndarray, pattern: _Pattern) -> np.ndarray:
-    """Sync correlation z-score per block shift (N(0, 1) per shift without a watermark)."""
-    is_sync = pattern.bit_of_cell < N_SYNC
-    template = np.where(is_sync, pattern.chips * pattern.sync[pattern.bit_of_cell % N_SYNC], 0.0)
-    num = _circular_xcorr(folded, template)
-    den = _circular_xcorr(folded**2, is_sync.astype(np.float32))
-    return num / np.sqrt(np.maximum(den, 1e-20))
-
-
-def _bit_z(aligned: np.ndarray, pattern: _Pattern) -> np.ndarray:
-    """Per-bit correlation z-scores of a block-aligned folded residual."""
-    idx = pattern.bit_of_cell.ravel()
-    num = np.bincount(idx, (aligned * pattern.chips).ravel(), minlength=N_BITS)
-    den = np.bincount(idx, (aligned**2).ravel(), minlength=N_BITS)
-    return num / np.sqrt(np.maximum(den, 1e-20))
+    x = _resample(audio, sr, RATE)
+    lay, bits = _layout(key), _bits(track_id, key)
+    spec = _stft(x)
+    n_frames, n_bins = spec.shape[1:]
+    band_of_bin = np.searchsorted(np.ceil(EDGES), np.arange(n_bins), side="right") - 1
+    in_band = (band_of_bin >= 0) & (band_of_bin < N_BANDS)
+    # every repetition of every bit that fits: (instance, cell) arrays
+    starts = _block_offset(track_id, key) + BLOCK * np.arange(-1, n_frames // BLOCK + 1)[:, None] + 2 * CELL * lay.col
+    inst_bit = np.broadcast_to(np.arange(N_BITS), starts.shape)
+    ok = (starts >= 0) & (starts + 2 * CELL <= n_frames)
+    starts, inst_bit = starts[ok], inst_bit[ok]
+    cells = [np.flatnonzero(lay.bit == j) for j in range(N_BITS)]
+    inst = np.concatenate([np.full(len(cells[j]), i) for i, j in enumerate(inst_bit)])
+    cell = np.concatenate([cells[j] for j in inst_bit])
+    t, b, s = starts[inst] + lay.dcell[cell] * CELL, lay.band[cell], lay.sign[cell]
+    root = np.sqrt(lay.n_cells[inst_bit])
+    gain_db, target = np.zeros((n_frames, N_BANDS)), None
+    mid = spec.mean(axis=0)
+    mid_power = mid.real**2 + mid.imag**2
+    mask = np.ones((n_frames, n_bins), np.float32)
+    for k in range(PASSES):
+        if k < PASSES - 1:  # the STFT domain as it would be (cheap); the last pass re-analyses the audio
+            power = mid_power.copy()
+            power[:, in_band] *= 10 ** (gain_db[:, band_of_bin[in_band]] / 10)
+        else:
+            y = _istft(spec * mask, x.shape[1])
+            power = _mid_power(y)[:n_frames]
+        bands = _band_frames(power)
+        cum = np.concatenate([np.zeros((1, N_BANDS)), np.cumsum(bands, axis=0)])
+        cell_e = cum[CELL:] - cum[:-CELL]
+        e = cum[t + CELL, b] - cum[t, b]
+        floor = FLOOR * float(cell_e.mean())
+        w = e / (e + floor + 1e-30)  # how much a dB of gain moves the cell's dB
+        p = np.bincount(inst, s * 10 * np.log10(e + floor + 1e-30), minlength=len(starts)) / root
+        if target is None:  # distortion-compensated: ALPHA of the way to the bit's nearest lattice point
+            step = lay.step[inst_bit]
+            u = p / step - lay.dither[inst_bit] - 0.5 * bits[inst_bit]
+            target = p - ALPHA * (u - np.round(u)) * step
+        cost = e / np.maximum(cell_e[t].mean(axis=1), 1e-30) + LAMBDA
+        norm = np.bincount(inst, w**2 / cost, minlength=len(starts))
+        move = (target - p) * root / np.maximum(norm, 1e-9)
+        change = np.zeros((n_frames + 1, N_BANDS))
+        np.add.at(change, (t, b), s * w / cost * move[inst])
+        np.add.at(change, (np.minimum(t + CELL, n_frames), b), -s * w / cost * move[inst])
+        gain_db = np.clip(gain_db + np.cumsum(change, axis=0)[:n_frames], -MAX_CELL_DB, MAX_CELL_DB)
+        mask[:, in_band] = 10 ** (gain_db[:, band_of_bin[in_band]] / 20)
+    y = _istft(spec * mask, x.shape[1])
+    mark = _resample(_guard(y - x, x), RATE, sr)[:, : audio.shape[1]]
+    return (audio + mark).astype(np.float32)
 
 
 @dataclass
 class _Scan:
-    """One look at the audio (restored to one speed): per half-hop phase, the residual and its fold."""
+    """One look at the audio at one speed: per bit and block phase, the lattice agreement and its count."""
 
     speed: float
-    residuals: list[np.ndarray]
-    folds: list[np.ndarray]
-    scores: np.ndarray  # (2, BLOCK) sync z per phase and shift
-
-    @property
-    def best(self) -> float:
-        return float(self.scores.max())
+    u: np.ndarray  # (N_BITS, positions) lattice phase of every position
+    soft: np.ndarray  # (N_BITS, BLOCK) sum of cos(2 pi u) over the repetitions
+    count: np.ndarray  # (N_BITS, BLOCK)
+    z: np.ndarray  # (BLOCK,) chi-square sync z per block phase
 
 
-def _scan(audio: np.ndarray, pattern: _Pattern, speed: float = 1.0) -> _Scan:
-    """Analyse audio at RATE as if restored from a speed change by `speed` (resampled by it: time and
-    pitch come back together)."""
-    if speed != 1.0:
-        audio = soxr.resample(audio.T, RATE, RATE * speed).T
-    return _scan_log_power(_log_band_power(np.atleast_2d(audio)), pattern, speed)
+def _scan(db: np.ndarray, lay: _Layout, speed: float) -> _Scan | None:
+    p = _projections(db, lay)
+    n = p.shape[1]
+    if n == 0:
+        return None
+    u = p / lay.step[:, None] - lay.dither[:, None]
+    pad = (-n) % BLOCK
+    folded = np.pad(np.cos(2 * np.pi * u), ((0, 0), (0, pad))).reshape(N_BITS, -1, BLOCK).sum(axis=1)
+    counts = np.pad(np.ones(n), (0, pad)).reshape(-1, BLOCK).sum(axis=0)
+    idx = (np.arange(BLOCK) + 2 * CELL * lay.col[:, None]) % BLOCK  # bit j's column at block phase ph
+    soft, count = folded[np.arange(N_BITS)[:, None], idx], np.maximum(counts[idx], 1)
+    # each cos sum is ~N(0, M/2) without a mark: its square / (M/2) has mean 1, variance 2 - 1.5/M
+    z = ((soft**2 / (count / 2)).sum(axis=0) - N_BITS) / np.sqrt((2 - 1.5 / count).sum(axis=0))
+    return _Scan(speed, u, soft, count, z)
 
 
-def _scan_log_power(log_power: np.ndarray, pattern: _Pattern, speed: float) -> _Scan:
-    residuals = [_residual(log_power[phase::2]) for phase in (0, 1)]
-    folds = [_fold(r) for r in residuals]
-    return _Scan(speed, residuals, folds, np.stack([_sync_z(f, pattern) for f in folds]))
-
-
-def _excerpt(audio: np.ndarray, seconds: float) -> np.ndarray:
-    """The middle `seconds` of (channels, samples) audio at RATE, downmixed (the search only ranks)."""
-    n = min(audio.shape[1], round(seconds * RATE))
-    start = (audio.shape[1] - n) // 2
-    return audio[:, start : start + n].mean(axis=0, keepdims=True)
-
-
-def _search_speed(audio: np.ndarray, pattern: _Pattern) -> float | None:
-    """The speed change the sync responds to best: a fine grid over SPEED_RANGE on the warped band power
-    of the middle SEARCH_S (cheap, approximate), then exact resampling around the best few, on longer
-    and longer excerpts. None when nothing stands out of the noise."""
-    piece = _excerpt(audio, SEARCH_S)
-    wide = _band_power(piece, WIDE)
-    grid = 1 + np.arange(-SPEED_RANGE, SPEED_RANGE + SPEED_STEP / 2, SPEED_STEP)
-    ranked = sorted(((_sync_z(_fold(_residual(_log(_warp(wide, v)))), pattern).max(), v) for v in grid),
-                    reverse=True)
-    candidates = [v for _, v in ranked[:3]]
-    for seconds, step in REFINE:
-        piece = _excerpt(audio, seconds)
-        grid = sorted({c + k * step for c in candidates for k in (-2, -1, 0, 1, 2)})
-        best, speed = max((_scan(piece, pattern, v).best, v) for v in grid)
-        candidates = [speed]
-        if seconds * RATE >= audio.shape[1]:
-            break  # this level saw the whole file
-    return float(candidates[0]) if best >= SYNC_Z else None
-
-
-def _read(scan: _Scan, phase: int, shift: int, pattern: _Pattern, key: bytes) -> tuple[int, float, bool]:
-    """(id, confidence, check bits agree) read at one alignment."""
-    z = _bit_z(np.roll(scan.folds[phase], -shift, axis=0), pattern)[N_SYNC:]
-    bits = (z > 0).astype(np.uint8)
-    track_id = int.from_bytes(np.packbits(bits[:N_ID]).tobytes(), "big")
-    confidence = float(np.exp(np.sum(special.log_ndtr(np.abs(z)))))
-    return track_id, confidence, np.array_equal(bits[N_ID:], _check_bits(track_id, key))
-
-
-def _spans(scan: _Scan, phase: int, shift: int, track_id: int, key: bytes, pattern: _Pattern,
-           seconds: float) -> list[Span]:
-    """Where the mark is: the known codeword correlated with the residual in windows of SPAN_S (no search,
-    so a lower threshold holds), runs of windows over SPAN_Z merged, in the file's own time."""
-    cells = pattern.chips * _codeword(track_id, key).astype(np.float32)[pattern.bit_of_cell]
-    residual = scan.residuals[phase]
-    template = cells[(np.arange(len(residual)) - shift) % BLOCK]
-    frames = max(1, round(SPAN_S * RATE * scan.speed / HOP))
-    n = -(-len(residual) // frames)
-    pad = n * frames - len(residual)
-    num = np.pad((residual * template).sum(axis=1), (0, pad)).reshape(n, frames).sum(axis=1)
-    den = np.pad((residual**2).sum(axis=1), (0, pad)).reshape(n, frames).sum(axis=1)
-    z = num / np.sqrt(np.maximum(den, 1e-20))
-    spans: list[Span] = []
+def _spans(scan: _Scan, phase: int, bits: np.ndarray, lay: _Layout, seconds: float) -> list[Span]:
+    """Where the mark is: agreement of every repetition with the read bits, in windows of SPAN_S."""
+    n = scan.u.shape[1]
+    pos = phase + 2 * CELL * lay.col[:, None] + BLOCK * np.arange(-1, n // BLOCK + 2)
+    j = np.broadcast_to(np.arange(N_BITS)[:, None], pos.shape)
+    ok = (pos >= 0) & (pos < n)
+    pos, j = pos[ok], j[ok]
+    agree = np.cos(2 * np.pi * (scan.u[j, pos] - 0.5 * bits[j]))
     to_s = HOP / (RATE * scan.speed)
-    for w in np.flatnonzero(z >= SPAN_Z):
-        start, end = float(w * frames * to_s), float(min((w + 1) * frames * to_s, seconds))
+    window = np.floor((pos + CELL) * to_s / SPAN_S).astype(np.int64)
+    n_win = int(window.max()) + 1 if window.size else 0
+    z = np.bincount(window, agree, n_win) / np.sqrt(np.maximum(np.bincount(window, minlength=n_win) / 2, 1e-9))
+    spans: list[Span] = []
+    for k in np.flatnonzero(z >= SPAN_Z):
+        start, end = float(k * SPAN_S), float(min((k + 1) * SPAN_S, seconds))
         if spans and abs(spans[-1].end_s - start) < 1e-6:
-            spans[-1] = Span(spans[-1].start_s, end, max(spans[-1].z, float(z[w])))
+            spans[-1] = Span(spans[-1].start_s, end, max(spans[-1].z, float(z[k])))
         else:
-            spans.append(Span(start, end, float(z[w])))
+            spans.append(Span(start, end, float(z[k])))
     return spans
 
 
-def _marks(scan: _Scan, pattern: _Pattern, key: bytes, seconds: float) -> list[Mark]:
-    """Every id whose sync peak clears SYNC_Z and whose check bits agree, strongest first (two songs
-    mixed carry their marks at different block phases: the offset is keyed by the id)."""
-    marks: list[Mark] = []
-    taken: list[tuple[int, int]] = []
-    order = np.argsort(scan.scores, axis=None)[::-1]
-    for flat in order[: 8 * MAX_MARKS]:
-        phase, shift = np.unravel_index(int(flat), scan.scores.shape)
-        if scan.scores[phase, shift] < SYNC_Z or len(marks) == MAX_MARKS:
-            break
-        if any(abs((shift - s + BLOCK // 2) % BLOCK - BLOCK // 2) <= 2 for _, s in taken):
-            continue  # the same mark seen one frame or a half-hop away
-        track_id, confidence, checked = _read(scan, phase, shift, pattern, key)
-        taken.append((phase, shift))
-        if checked and all(m.track_id != track_id for m in marks):
-            marks.append(Mark(track_id, confidence, float(scan.speed),
-                              _spans(scan, phase, shift, track_id, key, pattern, seconds)))
-    return marks
+def _marks(scan: _Scan | None, lay: _Layout, key: bytes, seconds: float, z_min: float, tries: int,
+           marks: list[Mark]) -> None:
+    """Add every id whose sync clears z_min and whose check bits agree (strongest phase first)."""
+    if scan is None:
+        return
+    taken: list[int] = []
+    for phase in np.argsort(scan.z)[::-1][: 4 * MAX_MARKS]:
+        if scan.z[phase] < z_min or len(marks) >= MAX_MARKS:
+            return
+        if any(abs((phase - t + BLOCK // 2) % BLOCK - BLOCK // 2) <= CELL // 2 for t in taken):
+            continue  # the same mark a frame or two away
+        taken.append(int(phase))
+        bits = (scan.soft[:, phase] < 0).astype(np.uint8)
+        track_id = int.from_bytes(np.packbits(bits[:N_ID]).tobytes(), "big")
+        if np.array_equal(bits[N_ID:], _check_bits(track_id, key)) and all(m.track_id != track_id for m in marks):
+            chance = tries * special.ndtr(-scan.z[phase]) * 2.0**-N_CHECK
+            marks.append(Mark(track_id, float(1 - chance), scan.speed, _spans(scan, int(phase), bits, lay, seconds)))
+
+
+def _middle(audio: np.ndarray, seconds: float) -> np.ndarray:
+    n = min(audio.shape[1], round(seconds * RATE))
+    start = (audio.shape[1] - n) // 2
+    return audio[:, start : start + n]
+
+
+def _search_speed(audio: np.ndarray, lay: _Layout, key: bytes, marks: list[Mark]) -> None:
+    """Undo a speed change v (time / v, frequencies * v) on a grid over SPEED_RANGE on the middle SEARCH_S,
+    then finer steps around the best few on the middle READ_S, read there from the audio resampled for real."""
+    def ranked(power: np.ndarray, speeds, keep: int) -> list[float]:
+        scores = [(s.z.max(), float(v)) for v in speeds if (s := _scan(_cells(_band_frames(power, v), 1 / v), lay, v))]
+        return [v for _, v in sorted(scores, reverse=True)[:keep]]
+
+    grid = 1 + np.arange(-SPEED_RANGE, SPEED_RANGE + SPEED_STEP / 2, SPEED_STEP)
+    candidates = ranked(_mid_power(_middle(audio, SEARCH_S)), grid, 3)
+    piece = _middle(audio, READ_S)
+    power = _mid_power(piece)
+    for step in REFINE:
+        candidates = ranked(power, {c + k * step for c in candidates for k in (-2, -1, 0, 1, 2)}, 2)
+    tries = BLOCK * (len(grid) + 5 * len(REFINE) * 3)
+    for v in candidates:  # the approximation ranks; the bits are read from the audio resampled for real
+        found: list[Mark] = []
+        _look(soxr.resample(piece.T, RATE, RATE * v).T, lay, key, v, SEARCH_Z, tries, found)
+        if found:
+            if piece.shape[1] < audio.shape[1]:  # the whole file too, for spans over all of it
+                _look(soxr.resample(audio.T, RATE, RATE * v).T, lay, key, v, SEARCH_Z, tries, marks)
+            if not marks:
+                at = (audio.shape[1] - piece.shape[1]) / 2 / RATE
+                marks.extend(replace(m, spans=[Span(s.start_s + at, s.end_s + at, s.z) for s in m.spans]) for m in found)
+            return
+
+
+def _look(audio: np.ndarray, lay: _Layout, key: bytes, speed: float, z_min: float, tries: int,
+          marks: list[Mark]) -> None:
+    """Marks in audio at RATE as it is, on frames half a hop apart (one of them lines up with the cells)."""
+    for shift in (0, HOP // 2):
+        scan = _scan(_cells(_band_frames(_mid_power(audio[:, shift:]))), lay, speed)
+        _marks(scan, lay, key, audio.shape[1] / RATE / speed, z_min, 2 * tries, marks)
+        if marks:
+            return
 
 
 def detect(audio: np.ndarray, sr: int, key: bytes) -> Detection:
     """Look for watermarks made with `key` in float audio (channels, samples) at any offset, and if none
-    is there as it is, at any speed change within SPEED_RANGE (resampling: time and pitch together)."""
+    is there as it is, at any speed change within SPEED_RANGE; then for marks of the first scheme."""
     audio = _resample(np.atleast_2d(np.asarray(audio, dtype=np.float32)), sr, RATE)
-    pattern = _pattern(key)
-    seconds = audio.shape[1] / RATE
-    scan = _scan(audio, pattern)
-    marks = _marks(scan, pattern, key, seconds)
+    lay, seconds, marks = _layout(key), audio.shape[1] / RATE, []
+    _look(audio, lay, key, 1.0, SYNC_Z, BLOCK, marks)
     if not marks and seconds >= MIN_SEARCH_S:
-        speed = _search_speed(audio, pattern)
-        if speed is not None:
-            marks = _marks(_scan(audio, pattern, speed), pattern, key, seconds)
+        _search_speed(audio, lay, key, marks)
     if not marks:
-        phase, shift = np.unravel_index(int(np.argmax(scan.scores)), scan.scores.shape)
-        return Detection(False, None, _read(scan, phase, shift, pattern, key)[1])
+        old = watermark_v1.detect(audio, RATE, key)
+        marks = [Mark(m.track_id, m.confidence, m.speed, [Span(s.start_s, s.end_s, s.z) for s in m.spans])
+                 for m in old.marks]
+    if not marks:
+        return Detection(False, None, 0.0)
     return Detection(True, marks[0].track_id, marks[0].confidence, marks)

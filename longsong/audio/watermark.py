@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from math import gcd
 
@@ -32,6 +32,7 @@ import soxr
 from scipy import fft, signal, special
 
 from longsong.audio import watermark_v1
+from longsong.audio.watermark_v1 import Detection, Mark, Span, _check_bits  # one set of result types for both schemes
 
 RATE = 32000  # analysis rate; other rates are resampled
 N_FFT, HOP = 2048, 512
@@ -57,29 +58,6 @@ REFINE = (0.0005, 0.0002)
 READ_S = 60.0  # the refinement and the first read use the middle minute
 EDGES = F_LO * (F_HI / F_LO) ** (np.arange(N_BANDS + 1) / N_BANDS) / (RATE / N_FFT)  # in bins
 _WINDOW = np.sin(np.pi * (np.arange(N_FFT) + 0.5) / N_FFT).astype(np.float32)
-
-
-@dataclass
-class Span:
-    start_s: float  # in the file's own time
-    end_s: float
-    z: float  # the strongest window's agreement with the mark's bits
-
-
-@dataclass
-class Mark:
-    track_id: int
-    confidence: float  # 1 - the chance that noise passes both the sync and the check bits
-    speed: float  # the speed change it was found at (1.0: none)
-    spans: list[Span]
-
-
-@dataclass
-class Detection:
-    found: bool
-    track_id: int | None  # the strongest mark's
-    confidence: float
-    marks: list[Mark] = field(default_factory=list)  # every id found, strongest first
 
 
 @dataclass(frozen=True)
@@ -111,12 +89,6 @@ def _layout(key: bytes) -> _Layout:
     n_cells = np.bincount(bit, minlength=N_BITS)
     return _Layout(bit, dcell, band, sign.astype(np.float64), col, n_cells, STEP_DB * np.sqrt(n_cells),
                    rng.random(N_BITS))
-
-
-def _check_bits(track_id: int, key: bytes) -> np.ndarray:
-    """16 keyed check bits: a detector without the key cannot forge or confirm an id."""
-    mac = hmac.new(key, b"longsong-watermark-id\0" + track_id.to_bytes(4, "big"), hashlib.sha256)
-    return np.unpackbits(np.frombuffer(mac.digest()[:2], dtype=np.uint8))
 
 
 def _bits(track_id: int, key: bytes) -> np.ndarray:
@@ -385,9 +357,7 @@ def detect(audio: np.ndarray, sr: int, key: bytes) -> Detection:
     if not marks and seconds >= MIN_SEARCH_S:
         _search_speed(audio, lay, key, marks)
     if not marks:
-        old = watermark_v1.detect(audio, RATE, key)
-        marks = [Mark(m.track_id, m.confidence, m.speed, [Span(s.start_s, s.end_s, s.z) for s in m.spans])
-                 for m in old.marks]
+        marks = watermark_v1.detect(audio, RATE, key).marks
     if not marks:
         return Detection(False, None, 0.0)
     return Detection(True, marks[0].track_id, marks[0].confidence, marks)

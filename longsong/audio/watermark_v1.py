@@ -63,7 +63,8 @@ class Span:
 @dataclass
 class Mark:
     track_id: int
-    confidence: float  # estimated probability that all 48 id/check bits were read right
+    confidence: float  # v1: the estimated probability that all 48 id/check bits were read right; v2: 1 - the
+    # chance that noise passes its sync and check bits
     speed: float  # the speed change it was found at (1.0: none)
     spans: list[Span]
 

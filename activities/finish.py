@@ -80,7 +80,8 @@ class FinishActivities:
             timings["master_s"] = time.perf_counter() - t
             activity.heartbeat("mastered")
             t = time.perf_counter()
-            audio = embed(mastered, sr, job.watermark_id, self.settings.watermark_secret)
+            audio = embed(mastered, sr, job.watermark_id, self.settings.watermark_secret,
+                          progress=lambda: activity.heartbeat("watermarking"))
             timings["watermark_s"] = time.perf_counter() - t
             activity.heartbeat("watermarked")
 

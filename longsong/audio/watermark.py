@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from math import gcd
@@ -182,8 +183,10 @@ def _guard(mark: np.ndarray, audio: np.ndarray) -> np.ndarray:
     return mark * np.interp(np.arange(n), np.arange(k) * half + half / 2, gain).astype(np.float32)
 
 
-def embed(audio: np.ndarray, sr: int, track_id: int, key: bytes) -> np.ndarray:
-    """Watermarked copy of float audio (channels, samples) carrying the 32-bit `track_id`."""
+def embed(audio: np.ndarray, sr: int, track_id: int, key: bytes,
+          progress: Callable[[], None] | None = None) -> np.ndarray:
+    """Watermarked copy of float audio (channels, samples) carrying the 32-bit `track_id`; `progress` is
+    called after each pass (a few seconds for a long song: the CPU worker heartbeats from it)."""
     if not 0 <= track_id < 2**32:
         raise ValueError(f"track_id must fit in 32 bits, got {track_id}")
     audio = np.atleast_2d(np.asarray(audio, dtype=np.float32))
@@ -208,6 +211,8 @@ def embed(audio: np.ndarray, sr: int, track_id: int, key: bytes) -> np.ndarray:
     mid_power = mid.real**2 + mid.imag**2
     mask = np.ones((n_frames, n_bins), np.float32)
     for k in range(PASSES):
+        if progress is not None:
+            progress()
         if k < PASSES - 1:  # the STFT domain as it would be (cheap); the last pass re-analyses the audio
             power = mid_power.copy()
             power[:, in_band] *= 10 ** (gain_db[:, band_of_bin[in_band]] / 10)

@@ -26,14 +26,13 @@ import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from math import gcd
 
 import numpy as np
 import soxr
-from scipy import fft, signal, special
+from scipy import fft, special
 
 from longsong.audio import watermark_v1
-from longsong.audio.watermark_v1 import Detection, Mark, Span, _check_bits  # one set of result types for both schemes
+from longsong.audio.watermark_v1 import Detection, Mark, Span, _check_bits, _resample  # shared by both schemes
 
 RATE = 32000  # analysis rate; other rates are resampled
 N_FFT, HOP = 2048, 512
@@ -101,13 +100,6 @@ def _block_offset(track_id: int, key: bytes) -> int:
     """Where the block starts, keyed by the id: two songs mixed from the same start keep their phases apart."""
     mac = hmac.new(key, b"longsong-watermark-offset\0" + track_id.to_bytes(4, "big"), hashlib.sha256)
     return int.from_bytes(mac.digest()[:2], "big") % BLOCK
-
-
-def _resample(audio: np.ndarray, sr_from: int, sr_to: int) -> np.ndarray:
-    if sr_from == sr_to:
-        return audio
-    g = gcd(sr_from, sr_to)
-    return signal.resample_poly(audio, sr_to // g, sr_from // g, axis=-1).astype(np.float32)
 
 
 def _stft(audio: np.ndarray) -> np.ndarray:

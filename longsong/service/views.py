@@ -11,7 +11,7 @@ import asyncio
 import json
 from collections import OrderedDict
 
-from longsong.client import CLOSED_STAGES, LongsongClient, SongFailed, _status_name
+from longsong.client import LongsongClient, SongFailed, _status_name
 from longsong.storage import COMMIT_MARKER
 
 PREFIX = "/v1/songs"
@@ -110,5 +110,7 @@ class Views:
 
 
 def is_closed(view: dict) -> bool:
-    return view["status"] != "running" or view["progress"]["stage"] in CLOSED_STAGES
+    """The workflow itself has closed: a closed stage alone is not enough (scratch cleanup still runs after
+    "done"), and only a closed song's view carries its result, files and terminal status."""
+    return view["status"] != "running"
 

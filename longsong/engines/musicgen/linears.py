@@ -78,3 +78,30 @@ def prepare_linear(mods: list[torch.nn.Linear], *, transpose: bool,
             m.weight = torch.nn.Parameter(w[start:start + n], requires_grad=False)
             start += n
     return lambda x: F.linear(x, w, bias)
+
+
+def row_tile(fns: list[tuple[Callable[[torch.Tensor], torch.Tensor], int]], *, candidates=(4, 8, 16, 32),
+             trials: int = 2) -> int:
+    """The smallest row count T such that, for every (fn, in_features) given, each row of fn(x) has the same
+    bits whatever the number of rows (a multiple of T) and the row's position. CPU BLAS kernels work on tiles
+    of rows; a row in a partly filled tile goes through another code path (on this project's AVX2 EPYC with
+    MKL: tiles of 4, the 1-3 leftover rows differ in the last bits), so the decode loop pads its rows to a
+    multiple of T and a window's results do not depend on its batch-mates. Probed at start because the tile
+    depends on the CPU and the BLAS build; the largest candidate when none passes."""
+    gen = torch.Generator().manual_seed(0)
+    for tile in candidates:
+        ok = True
+        for fn, width in fns:
+            for _ in range(trials):
+                x = torch.randn((3 * tile, width), generator=gen)
+                full = fn(x)
+                shifted = fn(torch.roll(x, tile, dims=0))
+                ok = (torch.equal(fn(x[:tile]), full[:tile]) and torch.equal(fn(x[:2 * tile]), full[:2 * tile])
+                      and torch.equal(torch.roll(shifted, -tile, dims=0), full))
+                if not ok:
+                    break
+            if not ok:
+                break
+        if ok:
+            return tile
+    return candidates[-1]

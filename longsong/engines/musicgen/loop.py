@@ -24,7 +24,6 @@ step each (on_step counts these).
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,8 +32,10 @@ import torch.nn.functional as F
 
 from longsong.engines.base import StepCallback
 from longsong.engines.musicgen.delay import build_delay_table, codes_from_sequence
-from longsong.engines.musicgen.linears import prepare_linear
+from longsong.engines.musicgen.linears import prepare_linear, row_tile
 from longsong.engines.musicgen.sampling import SamplingConfig, guided, pick, window_noise
+from longsong.engines.musicgen.static import StaticSteps
+
 
 
 @dataclass
@@ -74,8 +75,14 @@ class _Window:
     k_cache: list[torch.Tensor]  # per layer (B, H, L, hd)
     v_cache: list[torch.Tensor]
     logits: torch.Tensor  # (B, K, V) float32, logits predicting the next position
+    sampling: SamplingConfig | None = None
+    t: int = 0  # eager mode: position of the next token to sample
     pos: torch.Tensor | None = None  # static mode: () int64 device tensor, position of the next token
     arange: torch.Tensor | None = None  # static mode: (L,) positions
+
+    @property
+    def done(self) -> bool:
+        return self.t >= self.length
 
     def release(self) -> None:
         for name in ("table", "seq", "noise", "cross_k", "cross_v", "cross_mask", "k_cache", "v_cache", "logits",
@@ -92,7 +99,7 @@ class LoopResult:
     mode: str  # "eager", "static", "cuda-graph"
 
 
-class DecodeLoop:
+class DecodeLoop(StaticSteps):
     """Static-cache decode loop over the decoder of a loaded MusicgenForConditionalGeneration."""
 
     def __init__(self, model, *, quantize: str | None = None, cuda_graph: bool | None = None,
@@ -144,6 +151,14 @@ class DecodeLoop:
         self._cross_bias = any(lay.encoder_attn.k_proj.bias is not None or lay.encoder_attn.v_proj.bias is not None
                                for lay in core.layers)
         self.head_fn = lin(*dec.lm_heads)  # the codebook heads side by side: (.., K * V)
+        first = self.layers[0]
+        self.row_tile = 1
+        if self.device.type == "cpu" and quantize is None:  # int8 quantizes a step's rows together: no tile helps
+            with torch.inference_mode():
+                ffn = int(core.layers[0].fc2.in_features)
+                self.row_tile = row_tile([(first.qkv, self.hidden), (first.o, self.hidden), (first.cq, self.hidden),
+                                          (first.co, self.hidden), (first.fc1, self.hidden), (first.fc2, ffn),
+                                          (self.head_fn, self.hidden)])
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -197,67 +212,95 @@ class DecodeLoop:
         x = F.layer_norm(x[:, -1:], (self.hidden,), *self.final_ln)
         w.logits.copy_(self._heads(x))
 
-    def _forward_eager(self, w: _Window, tok: torch.Tensor, t: int) -> None:
-        """Feed the token at position t (python int); logits of t+1 into w.logits."""
-        b = w.batch
-        x = self._embed(tok.view(1, self.num_codebooks, 1).expand(b, -1, -1)) + self.positions[t:t + 1].to(self.dtype)
-        for i, lay in enumerate(self.layers):
-            h = F.layer_norm(x, (self.hidden,), *lay.ln1)
-            qkv = lay.qkv(h).view(b, 1, 3, self.heads, self.head_dim)
-            q = qkv[:, :, 0].transpose(1, 2)
-            kc, vc = w.k_cache[i], w.v_cache[i]
-            kc[:, :, t].copy_(qkv[:, 0, 1])
-            vc[:, :, t].copy_(qkv[:, 0, 2])
-            a = F.scaled_dot_product_attention(q, kc[:, :, :t + 1], vc[:, :, :t + 1], scale=self.scaling)
-            x = x + lay.o(a.transpose(1, 2).reshape(b, 1, self.hidden))
-            x = self._ffn_and_cross(lay, x, w, i)
-        x = F.layer_norm(x, (self.hidden,), *self.final_ln)
-        w.logits.copy_(self._heads(x))
+    def forward(self, ws: list[_Window], toks: list[torch.Tensor]) -> None:
+        """Feed each window's token (K,) at its position w.t; the logits of w.t + 1 into each w.logits.
 
-    def _forward_static(self, w: _Window, tok: torch.Tensor) -> None:
-        """Same as _forward_eager with the position in w.pos (device tensor) and fixed shapes: what the
-        CUDA graph captures. Attends over the whole cache with a mask hiding positions > pos."""
-        b = w.batch
-        pos = w.pos.view(1)
-        x = self._embed(tok.view(1, self.num_codebooks, 1).expand(b, -1, -1))
-        x = x + self.positions.index_select(0, pos).to(self.dtype)
-        bias = torch.zeros((1, 1, 1, w.length), device=self.device, dtype=self.dtype)
-        bias.masked_fill_((w.arange > pos).view(1, 1, 1, -1), float("-inf"))
+        The linear layers run once over the rows of every window (what makes a batch cheap: each weight
+        is read once per step); on CPU the rows are padded to a multiple of the BLAS kernel's row tile
+        (linears.row_tile, probed at start), from which every row gets the same bits whatever the row
+        count and its position, so a window's codes do not depend on its batch-mates. Attention runs per window over its own
+        cache and text: the same shapes as alone."""
+        rows = sum(w.batch for w in ws)
+        tok = torch.cat([t.view(1, self.num_codebooks, 1).expand(w.batch, -1, -1) for w, t in zip(ws, toks)])
+        pos = torch.cat([self.positions[w.t:w.t + 1].expand(w.batch, -1) for w in ws]).to(self.dtype)
+        x = self._embed(tok) + pos.unsqueeze(1)  # (R, 1, D)
+        pad = -rows % self.row_tile
+        if pad:
+            x = torch.cat([x, x.new_zeros((pad, 1, self.hidden))])
+        n = x.shape[0]
+        spare = x.new_zeros((pad, self.heads, 1, self.head_dim))
         for i, lay in enumerate(self.layers):
             h = F.layer_norm(x, (self.hidden,), *lay.ln1)
-            qkv = lay.qkv(h).view(b, 1, 3, self.heads, self.head_dim)
-            q = qkv[:, :, 0].transpose(1, 2)
-            kc, vc = w.k_cache[i], w.v_cache[i]
-            kc.index_copy_(2, pos, qkv[:, :, 1].transpose(1, 2))
-            vc.index_copy_(2, pos, qkv[:, :, 2].transpose(1, 2))
-            a = F.scaled_dot_product_attention(q, kc, vc, attn_mask=bias, scale=self.scaling)
-            x = x + lay.o(a.transpose(1, 2).reshape(b, 1, self.hidden))
-            x = self._ffn_and_cross(lay, x, w, i)
+            qkv = lay.qkv(h).view(n, 1, 3, self.heads, self.head_dim)
+            out, r = [], 0
+            for w in ws:
+                part = qkv[r:r + w.batch]
+                r += w.batch
+                kc, vc = w.k_cache[i], w.v_cache[i]
+                kc[:, :, w.t].copy_(part[:, 0, 1])
+                vc[:, :, w.t].copy_(part[:, 0, 2])
+                out.append(F.scaled_dot_product_attention(part[:, :, 0].transpose(1, 2), kc[:, :, :w.t + 1],
+                                                          vc[:, :, :w.t + 1], scale=self.scaling))
+            a = torch.cat(out + [spare])
+            x = x + lay.o(a.transpose(1, 2).reshape(n, 1, self.hidden))
+            h = F.layer_norm(x, (self.hidden,), *lay.ln2)
+            q = lay.cq(h).view(n, 1, self.heads, self.head_dim).transpose(1, 2)
+            out, r = [], 0
+            for w in ws:
+                out.append(F.scaled_dot_product_attention(q[r:r + w.batch], w.cross_k[i], w.cross_v[i],
+                                                          attn_mask=w.cross_mask, scale=self.scaling))
+                r += w.batch
+            a = torch.cat(out + [spare])
+            x = x + lay.co(a.transpose(1, 2).reshape(n, 1, self.hidden))
+            h = F.layer_norm(x, (self.hidden,), *lay.ln3)
+            x = x + lay.fc2(self.act(lay.fc1(h)))
         x = F.layer_norm(x, (self.hidden,), *self.final_ln)
-        w.logits.copy_(self._heads(x))
+        logits = self._heads(x)
+        r = 0
+        for w in ws:
+            w.logits.copy_(logits[r:r + w.batch])
+            r += w.batch
 
     # ------------------------------------------------------------------------------------------
-    def _sample_eager(self, w: _Window, sp: SamplingConfig, t: int) -> torch.Tensor:
+    def _sample_eager(self, w: _Window) -> torch.Tensor:
+        sp, t = w.sampling, w.t
         tok = pick(guided(w.logits, sp.cfg), sp, None if w.noise is None else w.noise[t])
         forced = w.table[t]
         tok = torch.where(forced < 0, tok, forced)
         w.seq[t].copy_(tok)
         return tok
 
-    def _sample_static(self, w: _Window, sp: SamplingConfig) -> torch.Tensor:
-        """Sample the token at w.pos (device tensor) and write it into the sequence."""
-        pos = w.pos.view(1)
-        noise = None if w.noise is None else w.noise.index_select(0, pos)[0]
-        tok = pick(guided(w.logits, sp.cfg), sp, noise)
-        forced = w.table.index_select(0, pos)[0]
-        tok = torch.where(forced < 0, tok, forced)
-        w.seq.index_copy_(0, pos, tok.unsqueeze(0))
-        return tok
+    def start(self, text_states: torch.Tensor, text_mask: torch.Tensor, prompt: torch.Tensor | None,
+              n_frames: int, sampling: SamplingConfig, seed: int,
+              tick: Callable[[], None] | None = None) -> _Window:
+        """A new eager window, prefilled alone (a prefill is compute-bound: batching it gains nothing):
+        ready to join a batch at the next step."""
+        w = self.new_window(text_states, text_mask, prompt, n_frames, sampling, seed, static=False)
+        try:
+            self._prefill(w, tick)
+        except BaseException:
+            w.release()
+            raise
+        w.t = w.prefix
+        return w
 
-    def _step_static(self, w: _Window, sp: SamplingConfig) -> None:
-        """Sample the token at w.pos, write it, feed it, advance w.pos: one CUDA-graph replay."""
-        self._forward_static(w, self._sample_static(w, sp))
-        w.pos.add_(1)
+    def step(self, ws: list[_Window]) -> None:
+        """One decoding step of every window in `ws` (each at its own position): sample its token at w.t,
+        feed it (not after its last position), advance. A step that raises (out of memory) leaves every
+        window as it was: sampling again draws the same token and the cache rows are rewritten."""
+        toks = [self._sample_eager(w) for w in ws]
+        feed = [i for i, w in enumerate(ws) if w.t < w.length - 1]
+        if feed:
+            self.forward([ws[i] for i in feed], [toks[i] for i in feed])
+        for w in ws:
+            w.t += 1
+
+    def result(self, w: _Window, prompt_frames: int, mode: str) -> LoopResult:
+        """The codes of a finished window."""
+        n_frames = w.length - self.channel_codebooks
+        codes = codes_from_sequence(w.seq, n_frames, self.num_codebooks, self.audio_channels).cpu()
+        fed = self._prompt_fed(w, prompt_frames) if prompt_frames else None
+        return LoopResult(codes=codes, prompt=fed, steps=w.length - w.prefix, prefill_positions=w.prefix, mode=mode)
 
     # ------------------------------------------------------------------------------------------
     def cross_states(self, text_states: torch.Tensor, text_mask: torch.Tensor, batch: int
@@ -303,7 +346,8 @@ class DecodeLoop:
         table = table.to(dev)
         w = _Window(batch=b, length=length, prefix=s, table=table, seq=table.clone(), noise=noise,
                     cross_k=cross_k, cross_v=cross_v, cross_mask=cross_mask, k_cache=k_cache, v_cache=v_cache,
-                    logits=torch.zeros((b, self.num_codebooks, self.vocab), device=dev, dtype=torch.float32))
+                    logits=torch.zeros((b, self.num_codebooks, self.vocab), device=dev, dtype=torch.float32),
+                    sampling=sp)
         if static:
             w.pos = torch.full((), s, device=dev, dtype=torch.long)
             w.arange = torch.arange(length, device=dev)
@@ -321,79 +365,24 @@ class DecodeLoop:
         the loop; every per-window buffer is dropped on the way out)."""
         graph_mode = self.cuda_graph if static is None else (static and self.cuda_graph)
         static = graph_mode or bool(static)
-        w = self.new_window(text_states, text_mask, prompt, n_frames, sampling, seed, static)
-        graph = None
-        mode = "cuda-graph" if graph_mode else ("static" if static else "eager")
-        try:
-            s, length = w.prefix, w.length
-            total = length - s
-            if graph_mode:
-                graph = self._capture(w, sampling)
-                if graph is None:
-                    mode = "static"
-            tick = None
-            if on_step is not None and s > 1:
-                tick = lambda: on_step(0, total)  # noqa: E731
-            self._prefill(w, tick)
-            if static:
-                w.pos.fill_(s)
-            for t in range(s, length):
-                if t < length - 1:
-                    if graph is not None:
-                        graph.replay()
-                    elif static:
-                        self._step_static(w, sampling)
-                    else:
-                        tok = self._sample_eager(w, sampling, t)
-                        self._forward_eager(w, tok, t)
-                else:
-                    if static:
-                        self._sample_static(w, sampling)
-                    else:
-                        self._sample_eager(w, sampling, t)
-                if on_step is not None:
-                    on_step(t - s + 1, total)
-            codes = codes_from_sequence(w.seq, n_frames, self.num_codebooks, self.audio_channels).cpu()
-            fed = None if prompt is None else self._prompt_fed(w, int(prompt.shape[-1]))
-            return LoopResult(codes=codes, prompt=fed, steps=total, prefill_positions=s, mode=mode)
-        finally:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)  # queued replays finish before their buffers go
-            if graph is not None:
-                graph.reset()
-                del graph
-            w.release()
-            del w
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+        total = n_frames + self.channel_codebooks - (0 if prompt is None else int(prompt.shape[-1])) - 1
+        tick = None
+        if on_step is not None and prompt is not None and prompt.shape[-1] > 0:
+            tick = lambda: on_step(0, total)  # noqa: E731
+        m = 0 if prompt is None else int(prompt.shape[-1])
+        if not static:  # eager: the batched step, with a batch of one
+            w = self.start(text_states, text_mask, prompt, n_frames, sampling, seed, tick)
+            try:
+                while not w.done:
+                    self.step([w])
+                    if on_step is not None:
+                        on_step(w.t - w.prefix, total)
+                return self.result(w, m, "eager")
+            finally:
+                w.release()
+        return self._generate_static(text_states, text_mask, prompt, n_frames, sampling, seed, on_step, tick,
+                                     graph_mode)
 
     def _prompt_fed(self, w: _Window, m: int) -> torch.Tensor:
         """The hand-off codes the decoder was conditioned on, read back from the window's sequence."""
         return codes_from_sequence(w.seq, m, self.num_codebooks, self.audio_channels).cpu()
-
-    def _capture(self, w: _Window, sp: SamplingConfig):
-        """Capture one step over the window's static buffers (before the prefill, whose state the warm-up
-        would otherwise clobber). Returns None (static eager fallback) when capture is impossible."""
-        try:
-            stream = torch.cuda.Stream(device=self.device)
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._step_static(w, sp)
-                    w.pos.fill_(w.prefix)
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._step_static(w, sp)
-            w.pos.fill_(w.prefix)
-            w.seq.copy_(w.table)
-            return graph
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any capture problem: run the same step uncaptured
-            warnings.warn(f"CUDA graph capture failed ({exc!r}); running the static step without a graph")
-            torch.cuda.synchronize(self.device)
-            w.pos.fill_(w.prefix)
-            w.seq.copy_(w.table)
-            return None
-

@@ -58,6 +58,7 @@ def build_manifest(job: FinishJob, plan: Plan, outcomes: list[SegmentOutcome], m
                     "worker": o.worker,
                     "model": o.model,
                     "model_version": o.model_version,
+                    **({"batch": int(o.details["batch"])} if "batch" in o.details else {}),
                 }
                 for s, o in zip(plan.segments, outcomes)
             ],

@@ -148,6 +148,15 @@ class Settings:
                            "capture the decode step in a CUDA graph (`auto`: on with CUDA)")
     gpu_concurrency: int = _var("LONGSONG_GPU_CONCURRENCY", "1", _number(1, 64, integer=True),
                                 "concurrent segment activities per GPU worker")
+    gpu_batch: int = _var("LONGSONG_GPU_BATCH", "4", _number(1, 64, integer=True),
+                          "MusicGen windows of different songs decoded together in one loop (continuous "
+                          "batching; the GPU worker then takes this many segment activities at once; 1: one "
+                          "window at a time)")
+    gpu_memory_mb: float = _var("LONGSONG_GPU_MEMORY_MB", "0", _number(0, 2**24),
+                                "memory budget for the MusicGen windows' buffers (KV cache, text keys/values, "
+                                "sampling noise, activations) of a GPU worker; a window waits until it fits "
+                                "(`0`: 90 % of the CUDA memory free after the models load, or half the RAM "
+                                "available at start on CPU)")
     cpu_concurrency: int = _var("LONGSONG_CPU_CONCURRENCY", "2", _number(1, 64, integer=True),
                                 "concurrent finishing activities per CPU worker")
     shutdown_grace_s: float = _var("LONGSONG_SHUTDOWN_GRACE_S", "60", _number(0, 3600),

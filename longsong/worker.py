@@ -3,7 +3,8 @@ scripts, `longsong dev up`, the tests and the benchmarks start them.
 
 GPU worker: serves `generate_segment` on the GPU task queue; engines load once and stay resident;
 one generation per device at a time by default, as a synchronous activity on its own thread pool
-so heartbeats and cancellation keep flowing while it computes.
+so heartbeats and cancellation keep flowing while it computes; a MusicGen engine with
+LONGSONG_GPU_BATCH > 1 takes that many windows at once and decodes them together.
 CPU worker: runs the (light, deterministic) song workflow and the finishing activities; it needs no
 GPU extras (nothing here imports torch at module level).
 SIGTERM/SIGINT: graceful shutdown; a running activity gets LONGSONG_SHUTDOWN_GRACE_S seconds to
@@ -55,12 +56,13 @@ def build_worker(kind: Kind, client: Client, settings: Settings, storage: Storag
         from longsong.activities.segment import SegmentActivities
 
         acts = SegmentActivities(registry, storage)
+        slots = registry.slots(settings.gpu_concurrency)
         return Worker(
             client,
             task_queue=settings.gpu_queue,
             activities=[acts.generate_segment],
-            activity_executor=ThreadPoolExecutor(settings.gpu_concurrency, thread_name_prefix="generate"),
-            max_concurrent_activities=settings.gpu_concurrency,
+            activity_executor=ThreadPoolExecutor(slots, thread_name_prefix="generate"),
+            max_concurrent_activities=slots,
             max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
             default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
             graceful_shutdown_timeout=grace,

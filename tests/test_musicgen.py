@@ -45,6 +45,7 @@ def engines(ckpts):
     for var in ("LONGSONG_DEVICE", "LONGSONG_DTYPE", "LONGSONG_QUANTIZE", "LONGSONG_CHANNELS", "LONGSONG_CUDA_GRAPH"):
         mp.delenv(var, raising=False)
     mp.setenv("LONGSONG_DEVICE", "cpu")
+    mp.setenv("LONGSONG_GPU_BATCH", "1")  # one window at a time, every step reported (test_batching: batches)
     try:
         loaded = mg.load_models(Settings.from_env())
     finally:

@@ -27,6 +27,11 @@ class EngineRegistry:
                 engines.extend(load_models(settings))
         return cls(engines)
 
+    def slots(self, concurrency: int) -> int:
+        """Segment activities the GPU worker runs at once: LONGSONG_GPU_CONCURRENCY, or more when an engine
+        batches windows (a batch of 4 needs 4 activities in flight to fill it)."""
+        return max([concurrency] + [getattr(e, "max_batch", 1) for e in self._engines])
+
     def served(self) -> list[str]:
         return [f"{e.name}:{e.model}" for e in self._engines]
 

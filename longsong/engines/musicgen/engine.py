@@ -11,6 +11,9 @@ Its settings are fields of `longsong.settings.Settings` (read once at worker sta
 - channels    (LONGSONG_CHANNELS) the output channels the worker must produce; a stereo model with 1
               (or a mono model with 2) is an error at load.
 - cuda_graph  (LONGSONG_CUDA_GRAPH) capture the decode step in a CUDA graph (auto: on CUDA).
+- gpu_batch   (LONGSONG_GPU_BATCH) windows of different songs decoded together (batching.py; 1: one
+              window at a time under a lock, through the CUDA graph on CUDA; > 1: the eager batched step).
+- gpu_memory_mb (LONGSONG_GPU_MEMORY_MB) the windows' buffer budget, shared by the worker's models.
 
 A window is made by token continuation (handoff.py) with the engine's own decode loop (loop.py).
 """
@@ -38,7 +41,26 @@ def load_models(settings: Settings) -> list["MusicGenEngine"]:
     if not settings.models:
         raise EngineError("LONGSONG_MODELS lists no model; set it to hub ids or checkpoint directories "
                           "(e.g. facebook/musicgen-small)")
-    return [load_engine(spec, settings) for spec in settings.models]
+    from longsong.engines.musicgen.batching import Budget
+
+    engines = [load_engine(spec, settings) for spec in settings.models]
+    budget = Budget(memory_budget(settings, engines[0]._torch_device))
+    for engine in engines:
+        engine.serve(settings.gpu_batch, budget)
+    return engines
+
+
+def memory_budget(settings: Settings, device) -> int:
+    """LONGSONG_GPU_MEMORY_MB in bytes, or what is free now (after the models loaded) when it is 0."""
+    if settings.gpu_memory_mb:
+        return int(settings.gpu_memory_mb * 2**20)
+    if device.type == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info(device)[0] * 0.9)
+    with open("/proc/meminfo") as f:
+        info = dict(line.split(":", 1) for line in f)
+    return int(info["MemAvailable"].split()[0]) * 1024 // 2
 
 
 def _torch_dtype(name: str):
@@ -135,6 +157,24 @@ class MusicGenEngine:
         if quantize:
             self._drop_quantized_float_weights()
         self._lock = threading.Lock()
+        self.max_batch = 1
+        self._budget = None
+        self._scheduler = None
+
+    def serve(self, max_batch: int, budget) -> None:
+        """Set the batch and the memory budget (load_models); EngineError at worker start when one full
+        window at the default sampling cannot fit the budget."""
+        from longsong.engines.musicgen.batching import MIB, TEXT_TOKENS_PLANNED, BatchScheduler, window_bytes
+        from longsong.engines.musicgen.sampling import SamplingConfig
+
+        need = window_bytes(self.loop, MAX_WINDOW_FRAMES, MAX_WINDOW_FRAMES - 1, SamplingConfig(), TEXT_TOKENS_PLANNED)
+        if need > budget.total:
+            raise EngineError(f"LONGSONG_GPU_MEMORY_MB: a budget of {budget.total / MIB:.0f} MiB is smaller than one "
+                              f"{MAX_WINDOW_S} s window of {self.model} ({need / MIB:.0f} MiB of buffers); raise it "
+                              f"(or 0: what is free)")
+        self.max_batch, self._budget = max_batch, budget
+        if max_batch > 1:
+            self._scheduler = BatchScheduler(self.loop, max_batch, budget, self.decode_batch, self.model)
 
     # --------------------------------------------------------------------------------------
     def _drop_quantized_float_weights(self) -> None:
@@ -236,10 +276,15 @@ class MusicGenEngine:
             out = np.pad(out, ((0, 0), (0, want - out.shape[1])))
         return np.ascontiguousarray(out, dtype=np.float32)
 
-    def generate_codes(self, req: WindowRequest, on_step: StepCallback | None = None):
-        """The window's codes (LoopResult: codes (K, n), the prompt it was conditioned on, steps, mode)."""
+    def decode_batch(self, codes: list) -> list[np.ndarray]:
+        """The audio of windows that finished on the same step."""
+        return [self.decode_audio(c) for c in codes]
+
+    def ticket(self, req: WindowRequest):
+        """The validated request as the decode loop takes it (batching.Ticket), its buffers counted."""
         import torch
 
+        from longsong.engines.musicgen.batching import Budget, Ticket, check_fits, window_bytes
         from longsong.engines.musicgen.sampling import SamplingConfig
 
         prompt = self.validate(req)
@@ -248,31 +293,60 @@ class MusicGenEngine:
                                   cfg=float(sp.cfg), greedy=int(sp.top_k) == 1)
         states, mask = self.text_states(req.text)
         prompt_t = None if prompt is None else torch.from_numpy(prompt)
-        return self.loop.generate(states, mask, prompt_t, req.n_frames, sampling, req.seed, on_step)
+        need = window_bytes(self.loop, req.n_frames, req.context_frames, sampling, int(states.shape[1]))
+        t = Ticket(states, mask, prompt_t, req.n_frames, sampling, req.seed, need)
+        check_fits(t, self._budget or Budget(2**62), self.model, self.max_batch)
+        return t
+
+    def generate_codes(self, req: WindowRequest, on_step: StepCallback | None = None):
+        """The window's codes alone (LoopResult: codes (K, n), the prompt it was conditioned on, steps, mode)."""
+        t = self.ticket(req)
+        return self.loop.generate(t.text_states, t.text_mask, t.prompt, t.n_frames, t.sampling, t.seed, on_step)
+
+    def _batched(self, req: WindowRequest, on_step: StepCallback):
+        """Submit the window to the scheduler and wait, heart-beating its progress; an exception from
+        on_step (the activity was cancelled) takes the window out of the batch."""
+        t = self.ticket(req)
+        self._scheduler.submit(t)
+        try:
+            while not t.wait(0.5):
+                on_step(*t.progress)
+        except BaseException:
+            t.cancelled = True
+            raise
+        if t.error is not None:
+            raise t.error
+        on_step(*t.progress)
+        return t.result, t.audio, t.batch_max
 
     def generate(self, req: WindowRequest, on_step: StepCallback) -> WindowResult:
         import torch
 
         batch = 2 if _finite(req.sampling.cfg) and req.sampling.cfg > 1 else 1
-        with self._lock:
-            try:
-                res = self.generate_codes(req, on_step)
-                audio = self.decode_audio(res.codes)
-            except torch.OutOfMemoryError:
-                self._free()
-                raise TransientEngineError(
-                    f"out of memory on {self._torch_device} generating a window: model={self.model}, "
-                    f"batch={batch} ({'CFG' if batch == 2 else 'no CFG'}), window={req.n_frames} frames "
-                    f"(context {req.context_frames}), dtype={self._dtype_name}") from None
-            except BaseException:
-                self._free()
-                raise
+        if self._scheduler is not None:
+            res, audio, windows = self._batched(req, on_step)
+        else:
+            windows = 1
+            with self._lock:
+                try:
+                    res = self.generate_codes(req, on_step)
+                    audio = self.decode_audio(res.codes)
+                except torch.OutOfMemoryError:
+                    self._free()
+                    raise TransientEngineError(
+                        f"out of memory on {self._torch_device} generating a window: model={self.model}, "
+                        f"batch={batch} ({'CFG' if batch == 2 else 'no CFG'}), window={req.n_frames} frames "
+                        f"(context {req.context_frames}), dtype={self._dtype_name}") from None
+                except BaseException:
+                    self._free()
+                    raise
         handoff = encode_handoff(res.codes.numpy(), self.model, self.version, self.channels)
         sp = req.sampling
         details = self.describe()
         details.update({
             "decode_loop": res.mode, "steps": str(res.steps), "prefill_positions": str(res.prefill_positions),
             "context_frames": str(req.context_frames), "handoff": "tokens",
+            "batch": str(windows), "gpu_batch": str(self.max_batch),
             "sampling": f"temperature={sp.temperature:g},top_k={sp.top_k},top_p={sp.top_p:g},cfg={sp.cfg:g}",
         })
         return WindowResult(audio=audio, handoff=handoff, details=details)

@@ -113,6 +113,7 @@ class DecodeLoop(StaticSteps):
         self.vocab = int(cfg.vocab_size)
         self.hidden = int(cfg.hidden_size)
         self.heads = int(cfg.num_attention_heads)
+        self.ffn = int(cfg.ffn_dim)
         self.head_dim = self.hidden // self.heads
         self.scaling = self.head_dim ** -0.5
         gen = model.generation_config
@@ -155,9 +156,8 @@ class DecodeLoop(StaticSteps):
         self.row_tile = 1
         if self.device.type == "cpu" and quantize is None:  # int8 quantizes a step's rows together: no tile helps
             with torch.inference_mode():
-                ffn = int(core.layers[0].fc2.in_features)
                 self.row_tile = row_tile([(first.qkv, self.hidden), (first.o, self.hidden), (first.cq, self.hidden),
-                                          (first.co, self.hidden), (first.fc1, self.hidden), (first.fc2, ffn),
+                                          (first.co, self.hidden), (first.fc1, self.hidden), (first.fc2, self.ffn),
                                           (self.head_fn, self.hidden)])
 
     # ------------------------------------------------------------------------------------------

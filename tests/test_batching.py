@@ -1,0 +1,249 @@
+"""Continuous batching (issue 12): windows of different songs decoded together give exactly the codes
+they give alone (CPU, float32), join and leave at step boundaries, can be cancelled one by one, wait
+for memory, and shrink the batch on out-of-memory instead of failing."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from longsong.engines import musicgen as mg  # noqa: E402
+from longsong.engines.musicgen.engine import MAX_WINDOW_FRAMES  # noqa: E402
+from longsong.engines.base import EngineError, WindowRequest  # noqa: E402
+from longsong.engines.musicgen.batching import MIB, TEXT_TOKENS_PLANNED, window_bytes  # noqa: E402
+from longsong.engines.musicgen.sampling import SamplingConfig  # noqa: E402
+from longsong.request import Sampling  # noqa: E402
+from longsong.settings import Settings  # noqa: E402
+from tiny_musicgen import build_tiny_checkpoint  # noqa: E402
+
+TEXTS = ["upbeat rock song with drums", "calm piano", "dark techno with bass, 128 bpm, minor key", "lofi",
+         "happy pop song with guitar and strings"]
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("batching")
+    return {"mono": build_tiny_checkpoint(root / "tiny-mono"),
+            "stereo": build_tiny_checkpoint(root / "tiny-stereo", stereo=True)}
+
+
+def load(path, batch: int, memory_mb: float = 0):
+    return mg.load_models(Settings(models=(str(path),), device="cpu", gpu_batch=batch, gpu_memory_mb=memory_mb))[0]
+
+
+def jobs(eng, n=5):
+    """Windows that differ in everything a row keeps: text (and its length, one partly masked), prompt
+    length, window length, sampling (greedy, top-k, top-p, no CFG) and seed."""
+    sps = [SamplingConfig(greedy=True, cfg=3.0), SamplingConfig(top_k=50, cfg=3.0),
+           SamplingConfig(top_k=0, top_p=0.9, cfg=1.0, temperature=1.3), SamplingConfig(top_k=20, cfg=2.0),
+           SamplingConfig(top_k=1, cfg=1.0, greedy=True)]
+    gen = torch.Generator().manual_seed(1)
+    out = []
+    for j in range(n):
+        states, mask = eng.text_states(TEXTS[j])
+        if j == 2:
+            mask = mask.clone()
+            mask[0, -2:] = 0
+        prompt = torch.randint(0, eng.vocab, (eng.num_codebooks, 5 * j), generator=gen) if j else None
+        out.append((states, mask, prompt, 30 + 3 * j, sps[j], 100 + j))
+    return out
+
+
+def trace_alone(loop, job):
+    w = loop.start(*job)
+    logits = []
+    while not w.done:
+        loop.step([w])
+        logits.append(w.logits.clone())
+    res = loop.result(w, 0, "eager")
+    w.release()
+    return res.codes, logits
+
+
+@pytest.mark.parametrize("kind", ["mono", "stereo"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batched_windows_are_bit_identical_to_alone(ckpts, kind, threads):
+    """Five windows joining a running batch every 4 steps and leaving when done: every step's logits and
+    the codes have the same bits as each window alone (one thread and two: MKL splits work by threads)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        loop = load(ckpts[kind], 1).loop
+        assert loop.row_tile > 1  # probed: the BLAS row tile of this machine
+        with torch.inference_mode():
+            work = jobs(mg.load_engine(str(ckpts[kind]), Settings(device="cpu")))
+            alone = [trace_alone(loop, job) for job in work]
+            active, codes, logits, pending, step, sizes = [], {}, {j: [] for j in range(5)}, list(range(5)), 0, set()
+            while pending or active:
+                if pending and step % 4 == 0:
+                    j = pending.pop(0)
+                    w = loop.start(*work[j])
+                    w.job = j
+                    active.append(w)
+                loop.step(active)
+                sizes.add(len(active))
+                for w in active:
+                    logits[w.job].append(w.logits.clone())
+                for w in [w for w in active if w.done]:
+                    codes[w.job] = loop.result(w, 0, "eager").codes
+                    active.remove(w)
+                step += 1
+    finally:
+        torch.set_num_threads(before)
+    assert {1, 2, 3, 4, 5} <= sizes  # batches of every size from 1 to 5 were stepped
+    for j, (ref_codes, ref_logits) in enumerate(alone):
+        assert torch.equal(codes[j], ref_codes), j
+        assert len(logits[j]) == len(ref_logits)
+        assert all(torch.equal(a, b) for a, b in zip(logits[j], ref_logits)), j
+
+
+def req(i, n=40, context=0, handoff=None, **sampling):
+    return WindowRequest(TEXTS[i % len(TEXTS)], 50 + i, n, context, Sampling(**{"top_k": 50, **sampling}), handoff)
+
+
+class Progress:
+    """on_step as the activity passes it: records progress; raises (cancel) once `stop_at` steps are done."""
+
+    def __init__(self, stop_at: int | None = None):
+        self.calls: list[tuple[int, int]] = []
+        self.stop_at = stop_at
+
+    def __call__(self, done, total):
+        self.calls.append((done, total))
+        if self.stop_at is not None and done >= self.stop_at:
+            raise RuntimeError("cancelled")
+
+
+def together(eng, requests, progress=None):
+    """Generate `requests` from one thread each (as the GPU worker's activity threads do)."""
+    out: list = [None] * len(requests)
+    progress = progress or [Progress() for _ in requests]
+
+    def run(i):
+        try:
+            out[i] = eng.generate(requests[i], progress[i])
+        except Exception as exc:  # noqa: BLE001
+            out[i] = exc
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return out
+
+
+@pytest.fixture(scope="module")
+def single(ckpts):
+    return load(ckpts["mono"], 1)
+
+
+def codes(result):
+    return mg.decode_handoff(result.handoff)[1]
+
+
+def test_engine_batch_equals_engine_alone(ckpts, single):
+    """Four windows through the scheduler (4 threads, batch 4): the same codes and audio as one at a time,
+    and each records the batch it ran in."""
+    eng = load(ckpts["mono"], 4)
+    requests = [req(i, n=40 + 5 * i) for i in range(4)]
+    first = single.generate(requests[0], Progress())
+    requests.append(req(4, n=50, context=12, handoff=first.handoff))
+    out = together(eng, requests)
+    for r, o in zip(requests, out):
+        ref = single.generate(r, Progress())
+        np.testing.assert_array_equal(codes(o), codes(ref))
+        np.testing.assert_array_equal(o.audio, ref.audio)
+        assert o.details["gpu_batch"] == "4" and 1 <= int(o.details["batch"]) <= 4
+    assert max(int(o.details["batch"]) for o in out) > 1
+    assert single.generate(requests[0], Progress()).details["batch"] == "1"
+
+
+def test_cancel_one_window_leaves_the_others(ckpts, single):
+    """One window cancelled mid-batch (its activity's heartbeat raises): it stops within a step; the
+    others finish with their alone codes; its buffers go back to the budget."""
+    eng = load(ckpts["mono"], 4)
+    requests = [req(i, n=120) for i in range(3)]
+    progress = [Progress(), Progress(stop_at=20), Progress()]
+    out = together(eng, requests, progress)
+    assert isinstance(out[1], RuntimeError)
+    for i in (0, 2):
+        np.testing.assert_array_equal(codes(out[i]), codes(single.generate(requests[i], Progress())))
+    assert all(0 <= done <= total for done, total in progress[0].calls) and progress[0].calls[-1][0] == 123
+    deadline = threading.Event()
+    while eng._budget.used and not deadline.wait(0.05):
+        pass
+    assert eng._budget.used == 0
+
+
+def test_memory_budget_caps_the_batch(ckpts, single):
+    """A budget with room for two windows: four submitted run at most two at a time, all complete unchanged."""
+    probe = load(ckpts["mono"], 4)
+    sp = SamplingConfig(top_k=50, cfg=3.0)
+    one = window_bytes(probe.loop, 40, 0, sp, int(probe.text_states(TEXTS[4])[0].shape[1]))
+    ref = window_bytes(probe.loop, MAX_WINDOW_FRAMES, MAX_WINDOW_FRAMES - 1, SamplingConfig(),
+                       TEXT_TOKENS_PLANNED)
+    eng = load(ckpts["mono"], 4, memory_mb=max(ref, 2.5 * one) / MIB)
+    eng._budget.total = int(2.5 * one)  # two 40-frame windows fit, three do not
+    requests = [req(i, n=40) for i in range(4)]
+    out = together(eng, requests)
+    assert max(int(o.details["batch"]) for o in out) == 2
+    for r, o in zip(requests, out):
+        np.testing.assert_array_equal(codes(o), codes(single.generate(r, Progress())))
+
+
+def test_budget_smaller_than_one_window_fails_at_start(ckpts):
+    with pytest.raises(EngineError) as e:
+        load(ckpts["mono"], 4, memory_mb=0.5)
+    msg = str(e.value)
+    assert "\n" not in msg and "LONGSONG_GPU_MEMORY_MB" in msg and "tiny-mono" in msg and "MiB" in msg
+
+
+def test_window_bigger_than_the_budget_is_not_retryable(ckpts):
+    """Fits the start-up check (one default window) but this request's text is far longer: EngineError
+    (the activity does not retry it) naming model, batch and budget."""
+    probe = load(ckpts["mono"], 4)
+    ref = window_bytes(probe.loop, MAX_WINDOW_FRAMES, MAX_WINDOW_FRAMES - 1, SamplingConfig(),
+                       TEXT_TOKENS_PLANNED)
+    eng = load(ckpts["mono"], 4, memory_mb=(ref + 1000) / MIB)
+    long_text = " ".join(TEXTS * 20)
+    big = WindowRequest(long_text, 1, MAX_WINDOW_FRAMES, MAX_WINDOW_FRAMES - 1, Sampling(),
+                        mg.encode_handoff(np.zeros((4, 1500), np.int16), eng.model, eng.version, 1))
+    with pytest.raises(EngineError) as e:
+        eng.generate(big, Progress())
+    msg = str(e.value)
+    assert "\n" not in msg and "tiny-mono" in msg and "LONGSONG_GPU_BATCH=4" in msg and "budget" in msg
+
+
+def test_out_of_memory_shrinks_the_batch(ckpts, single, monkeypatch):
+    """A step that runs out of memory with three windows in it (the CPU cannot be made to, so the step
+    raises torch's OutOfMemoryError there, once): the newest window waits and rejoins later, the batch is
+    capped at two from then on, and every window still gets its alone codes."""
+    eng = load(ckpts["mono"], 4)
+    loop, real = eng.loop, eng.loop.step
+    fired = []
+
+    def step(ws):
+        if len(ws) >= 3 and not fired:
+            fired.append(len(ws))
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(ws)
+    monkeypatch.setattr(loop, "step", step)
+    requests = [req(i, n=60) for i in range(4)]
+    out = together(eng, requests)
+    assert fired and eng._scheduler.limit == fired[0] - 1
+    for r, o in zip(requests, out):
+        np.testing.assert_array_equal(codes(o), codes(single.generate(r, Progress())))
+
+
+def test_gpu_batch_setting_is_checked():
+    from longsong.settings import SettingsError
+
+    for raw in ("0", "-1", "four", "2.5"):
+        with pytest.raises(SettingsError) as e:
+            Settings.from_env({"LONGSONG_GPU_BATCH": raw})
+        assert "LONGSONG_GPU_BATCH" in str(e.value) and "between 1 and 64" in str(e.value)

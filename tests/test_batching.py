@@ -247,3 +247,24 @@ def test_gpu_batch_setting_is_checked():
         with pytest.raises(SettingsError) as e:
             Settings.from_env({"LONGSONG_GPU_BATCH": raw})
         assert "LONGSONG_GPU_BATCH" in str(e.value) and "between 1 and 64" in str(e.value)
+
+
+@pytest.mark.parametrize("env, expect", [
+    ({"LONGSONG_GPU_BATCH": "0"}, "worker_gpu: LONGSONG_GPU_BATCH='0' is not an integer between 1 and 64"),
+    ({"LONGSONG_GPU_BATCH": "lots"}, "worker_gpu: LONGSONG_GPU_BATCH='lots' is not an integer between 1 and 64"),
+    ({"LONGSONG_GPU_MEMORY_MB": "0.5"}, "worker_gpu: LONGSONG_GPU_MEMORY_MB: a budget of 0.5 MiB is smaller than one "
+                                        "30 s window of"),
+], ids=["zero", "not-a-number", "budget-below-one-window"])
+def test_gpu_worker_start_fails_in_one_line(ckpts, tmp_path, env, expect):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-m", "worker_gpu"], cwd=root, capture_output=True, text=True, timeout=180,
+                         env={**os.environ, "LONGSONG_ENGINES": "musicgen", "LONGSONG_MODELS": str(ckpts["mono"]),
+                              "LONGSONG_DEVICE": "cpu", "LONGSONG_HOME": str(tmp_path), **env})
+    assert run.returncode == 2, run.stderr
+    lines = [line for line in run.stderr.splitlines() if line.startswith("worker_gpu:")]
+    assert len(lines) == 1 and lines[0].startswith(expect), run.stderr

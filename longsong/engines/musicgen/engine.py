@@ -169,8 +169,8 @@ class MusicGenEngine:
 
         need = window_bytes(self.loop, MAX_WINDOW_FRAMES, MAX_WINDOW_FRAMES - 1, SamplingConfig(), TEXT_TOKENS_PLANNED)
         if need > budget.total:
-            raise EngineError(f"LONGSONG_GPU_MEMORY_MB: a budget of {budget.total / MIB:.0f} MiB is smaller than one "
-                              f"{MAX_WINDOW_S} s window of {self.model} ({need / MIB:.0f} MiB of buffers); raise it "
+            raise EngineError(f"LONGSONG_GPU_MEMORY_MB: a budget of {budget.total / MIB:.1f} MiB is smaller than one "
+                              f"{MAX_WINDOW_S} s window of {self.model} ({need / MIB:.1f} MiB of buffers); raise it "
                               f"(or 0: what is free)")
         self.max_batch, self._budget = max_batch, budget
         if max_batch > 1:

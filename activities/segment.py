@@ -8,7 +8,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 
 from longsong.activities.errors import classified, worker_identity
-from longsong.audio.npy import to_npy_bytes
+from longsong.audio.npy import from_npy_bytes, to_npy_bytes
 from longsong.engines.base import EngineError, TransientEngineError, WindowRequest
 from longsong.engines.registry import EngineRegistry
 from longsong.frames import FRAME_RATE
@@ -48,6 +48,10 @@ class SegmentActivities:
                     f"model: window {seg.index + 1} of this song must use {engine.model} revision "
                     f"{job.model_version} like its first window, but this GPU worker serves revision {engine.version}")
             handoff = self.storage.get_bytes(job.handoff_key) if job.handoff_key else None
+            context_audio = None
+            if job.context_audio_key and seg.context_frames:
+                previous = from_npy_bytes(self.storage.get_bytes(job.context_audio_key))
+                context_audio = previous[:, previous.shape[1] - seg.context_frames * engine.sample_rate // FRAME_RATE:]
 
             def on_step(done: int, total: int) -> None:
                 activity.heartbeat(done, total)
@@ -58,7 +62,7 @@ class SegmentActivities:
             try:
                 result = engine.generate(
                     WindowRequest(seg.text, seg.seed, seg.n_frames, seg.context_frames, job.sampling, handoff,
-                                  index=seg.index, reroll=job.reroll),
+                                  index=seg.index, reroll=job.reroll, context_audio=context_audio),
                     on_step,
                 )
             except TransientEngineError as e:

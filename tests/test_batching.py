@@ -146,9 +146,16 @@ def codes(result):
     return mg.decode_handoff(result.handoff)[1]
 
 
+def err_db(audio: np.ndarray, ref: np.ndarray) -> float:
+    err = np.sum((audio.astype(np.float64) - ref) ** 2)
+    return float(10 * np.log10(max(err, 1e-300) / np.sum(ref.astype(np.float64) ** 2)))
+
+
 def test_engine_batch_equals_engine_alone(ckpts, single):
-    """Four windows through the scheduler (4 threads, batch 4): the same codes and audio as one at a time,
-    and each records the batch it ran in."""
+    """Four windows through the scheduler (4 threads, batch 4): the same codes as one at a time, and each
+    records the batch it ran in. Their audio: windows that finish on one step share one EnCodec call, which
+    rounds differently from a call of one (-134 dB on musicgen-small's codec, tests/test_codec.py): equal
+    within -120 dB."""
     eng = load(ckpts["mono"], 4)
     requests = [req(i, n=40 + 5 * i) for i in range(4)]
     first = single.generate(requests[0], Progress())
@@ -157,7 +164,7 @@ def test_engine_batch_equals_engine_alone(ckpts, single):
     for r, o in zip(requests, out):
         ref = single.generate(r, Progress())
         np.testing.assert_array_equal(codes(o), codes(ref))
-        np.testing.assert_array_equal(o.audio, ref.audio)
+        assert o.audio.shape == ref.audio.shape and err_db(o.audio, ref.audio) < -120
         assert o.details["gpu_batch"] == "4" and 1 <= int(o.details["batch"]) <= 4
     assert max(int(o.details["batch"]) for o in out) > 1
     assert single.generate(requests[0], Progress()).details["batch"] == "1"
@@ -268,3 +275,16 @@ def test_gpu_worker_start_fails_in_one_line(ckpts, tmp_path, env, expect):
     assert run.returncode == 2, run.stderr
     lines = [line for line in run.stderr.splitlines() if line.startswith("worker_gpu:")]
     assert len(lines) == 1 and lines[0].startswith(expect), run.stderr
+
+
+def test_context_audio_of_the_wrong_shape_is_refused(single):
+    first = single.generate(req(0, n=120), Progress())
+    bad = req(1, n=120, context=60, handoff=first.handoff)
+    bad.context_audio = np.zeros((2, 60 * 640), np.float32)  # a mono model, two channels
+    with pytest.raises(EngineError, match=r"^context_audio: shape \(2, 38400\) is not \(channels=1"):
+        single.generate(bad, Progress())
+    good = req(1, n=120, context=60, handoff=first.handoff)
+    good.context_audio = first.audio[:, -60 * 640:]
+    out = single.generate(good, Progress())
+    assert out.details["decoded_from_frame"] == "56"
+    np.testing.assert_array_equal(out.audio[:, :56 * 640], first.audio[:, -60 * 640:-4 * 640])  # reused as is

@@ -67,9 +67,10 @@ def reroll_summary(index: int, total: int, verdict: WindowVerdict) -> str:
 
 
 def window_job(req: SongRequest, plan: Plan, seg: Segment, reroll: int, handoff: str | None, model: str | None,
-               revision: str | None) -> SegmentJob:
+               revision: str | None, context_audio: str | None = None) -> SegmentJob:
     """Generate window `seg` from `handoff`; re-roll `reroll` derives its seed (seed + reroll) and has its
-    own scratch keys, so a rejected attempt is never overwritten nor continued from."""
+    own scratch keys, so a rejected attempt is never overwritten nor continued from. `context_audio`: the
+    audio key of the window `handoff` came from (the engine then decodes only the new tokens)."""
     seg = replace(seg, seed=seg.seed + reroll)
     return SegmentJob(
         request_id=req.request_id, engine=req.engine, model=model, segment=seg, total_segments=len(plan.segments),
@@ -77,7 +78,7 @@ def window_job(req: SongRequest, plan: Plan, seg: Segment, reroll: int, handoff:
         audio_key=segment_key(req.request_id, seg.index, "npy", reroll),
         state_key=segment_key(req.request_id, seg.index, "state", reroll),
         record_key=segment_key(req.request_id, seg.index, "json", reroll),
-        write_once=True, model_version=revision, reroll=reroll)
+        write_once=True, model_version=revision, reroll=reroll, context_audio_key=context_audio)
 
 
 def analyze_job(req: SongRequest, seg: Segment, out: SegmentOutcome, history: list[str], reroll: int) -> AnalyzeJob:

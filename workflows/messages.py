@@ -71,6 +71,7 @@ class SegmentJob:
     write_once: bool = False  # each attempt writes under its own keys (songs started before this was False)
     model_version: str | None = None  # the revision every window of the song must use (pinned after window 0)
     reroll: int = 0  # the quality gate's re-roll (its seed is already derived into segment.seed)
+    context_audio_key: str | None = None  # the previous window's audio: its context part is reused, not decoded
 
 
 @dataclass

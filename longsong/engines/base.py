@@ -31,6 +31,8 @@ class WindowRequest:
     handoff: bytes | None  # previous window's hand-off state, as that engine serialized it
     index: int = 0  # window number in the song (engines ignore it; the test fault engine keys on it)
     reroll: int = 0  # 0: first try; n: the quality gate's n-th re-roll (seed already derived)
+    context_audio: np.ndarray | None = None  # the previous window's audio of the context frames (float32,
+    # (channels, context_frames * hop)): an engine may reuse it instead of decoding the context again
 
 
 @dataclass

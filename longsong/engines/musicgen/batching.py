@@ -79,6 +79,8 @@ class Ticket:
     sampling: SamplingConfig
     seed: int
     bytes: int
+    decode_from: int = 0  # first frame the window's audio is decoded from (MusicGenEngine.decode_from)
+    context_audio: object = None  # the reused audio before decode_from (or None)
     progress: tuple[int, int] = (0, 0)
     batch_max: int = 0  # most windows stepped together while this one ran
     result: LoopResult | None = None
@@ -103,11 +105,11 @@ class BatchScheduler:
     """Steps up to `max_windows` windows of one DecodeLoop together, on its own thread."""
 
     def __init__(self, loop: DecodeLoop, max_windows: int, budget: Budget,
-                 decode: Callable[[list[torch.Tensor]], list], name: str):
+                 decode: Callable[[list[tuple["Ticket", torch.Tensor]]], list], name: str):
         self.loop = loop
         self.limit = max_windows  # lowered by an out-of-memory step
         self.budget = budget
-        self.decode = decode  # codes of windows that finished on one step -> their audio (one batched decode)
+        self.decode = decode  # (ticket, codes) of windows that finished on one step -> their audio, batched
         self.name = name
         self._queue: deque[Ticket] = deque()
         self._cv = threading.Condition()
@@ -214,7 +216,7 @@ class BatchScheduler:
             w.release()
             self.budget.give(t.bytes)
         try:
-            audio = self.decode([r.codes for r in results])
+            audio = self.decode([(t, r.codes) for (t, _), r in zip(finished, results)])
         except BaseException as exc:  # noqa: BLE001 - the decode failed for these windows only
             for t, _ in finished:
                 t.finish(error=exc)

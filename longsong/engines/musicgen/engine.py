@@ -174,7 +174,7 @@ class MusicGenEngine:
                               f"(or 0: what is free)")
         self.max_batch, self._budget = max_batch, budget
         if max_batch > 1:
-            self._scheduler = BatchScheduler(self.loop, max_batch, budget, self.decode_batch, self.model)
+            self._scheduler = BatchScheduler(self.loop, max_batch, budget, self._decode_tickets, self.model)
 
     # --------------------------------------------------------------------------------------
     def _drop_quantized_float_weights(self) -> None:
@@ -276,9 +276,40 @@ class MusicGenEngine:
             out = np.pad(out, ((0, 0), (0, want - out.shape[1])))
         return np.ascontiguousarray(out, dtype=np.float32)
 
-    def decode_batch(self, codes: list) -> list[np.ndarray]:
-        """The audio of windows that finished on the same step."""
-        return [self.decode_audio(c) for c in codes]
+    def decode_from(self, req: WindowRequest) -> int:
+        """The frame a window's audio is decoded from: with the previous window's audio at hand its context is
+        reused up to RIGHT_MARGIN_FRAMES before the seam (where that audio stops matching one decode of the whole
+        token sequence) and only the rest is decoded, WARMUP_FRAMES of context in front (codec.py); else 0."""
+        from longsong.engines.musicgen.codec import RIGHT_MARGIN_FRAMES, WARMUP_FRAMES
+
+        audio, context = req.context_audio, req.context_frames
+        if audio is None or context < WARMUP_FRAMES + RIGHT_MARGIN_FRAMES:  # the warm-up needs its own tokens
+            return 0
+        if audio.shape != (self.channels, context * self.hop):
+            raise EngineError(f"context_audio: shape {audio.shape} is not (channels={self.channels}, "
+                              f"context_frames={context} x hop {self.hop})")
+        return context - RIGHT_MARGIN_FRAMES
+
+    def decode_windows(self, items: list[tuple[int, np.ndarray | None, object]]) -> list[np.ndarray]:
+        """(decode_from, context audio, codes (K, n)) of windows -> their audio (channels, n * hop): windows with
+        codes of one shape and one decode_from share one EnCodec call."""
+        from longsong.engines.musicgen.codec import WARMUP_FRAMES, decode_spans
+
+        out: list[np.ndarray | None] = [None] * len(items)
+        groups: dict[tuple, list[int]] = {}
+        for i, (start, _, codes) in enumerate(items):
+            groups.setdefault((start, tuple(codes.shape)), []).append(i)
+        for (start, _), idx in groups.items():
+            spans = decode_spans(self._model.audio_encoder, [items[i][2] for i in idx], start, WARMUP_FRAMES,
+                                 self.channels)
+            for i, span in zip(idx, spans):
+                reused = items[i][1]
+                out[i] = np.ascontiguousarray(np.concatenate([reused[:, :start * self.hop], span], axis=1)
+                                              if start else span, dtype=np.float32)
+        return out
+
+    def _decode_tickets(self, done: list) -> list[np.ndarray]:
+        return self.decode_windows([(t.decode_from, t.context_audio, codes) for t, codes in done])
 
     def ticket(self, req: WindowRequest):
         """The validated request as the decode loop takes it (batching.Ticket), its buffers counted."""
@@ -294,7 +325,8 @@ class MusicGenEngine:
         states, mask = self.text_states(req.text)
         prompt_t = None if prompt is None else torch.from_numpy(prompt)
         need = window_bytes(self.loop, req.n_frames, req.context_frames, sampling, int(states.shape[1]))
-        t = Ticket(states, mask, prompt_t, req.n_frames, sampling, req.seed, need)
+        t = Ticket(states, mask, prompt_t, req.n_frames, sampling, req.seed, need, self.decode_from(req),
+                   req.context_audio)
         check_fits(t, self._budget or Budget(2**62), self.model, self.max_batch)
         return t
 
@@ -329,8 +361,10 @@ class MusicGenEngine:
             windows = 1
             with self._lock:
                 try:
-                    res = self.generate_codes(req, on_step)
-                    audio = self.decode_audio(res.codes)
+                    t = self.ticket(req)
+                    res = self.loop.generate(t.text_states, t.text_mask, t.prompt, t.n_frames, t.sampling, t.seed,
+                                             on_step)
+                    (audio,) = self._decode_tickets([(t, res.codes)])
                 except torch.OutOfMemoryError:
                     self._free()
                     raise TransientEngineError(
@@ -347,6 +381,7 @@ class MusicGenEngine:
             "decode_loop": res.mode, "steps": str(res.steps), "prefill_positions": str(res.prefill_positions),
             "context_frames": str(req.context_frames), "handoff": "tokens",
             "batch": str(windows), "gpu_batch": str(self.max_batch),
+            "decoded_from_frame": str(self.decode_from(req)),
             "sampling": f"temperature={sp.temperature:g},top_k={sp.top_k},top_p={sp.top_p:g},cfg={sp.cfg:g}",
         })
         return WindowResult(audio=audio, handoff=handoff, details=details)

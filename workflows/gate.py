@@ -66,12 +66,16 @@ def reroll_summary(index: int, total: int, verdict: WindowVerdict) -> str:
     return f"window {index + 1}/{total}: re-roll {verdict.reroll + 1} ({verdict.note or ', '.join(verdict.failed)})"
 
 
-def window_job(req: SongRequest, plan: Plan, seg: Segment, reroll: int, handoff: str | None, model: str | None,
-               revision: str | None, context_audio: str | None = None) -> SegmentJob:
-    """Generate window `seg` from `handoff`; re-roll `reroll` derives its seed (seed + reroll) and has its
-    own scratch keys, so a rejected attempt is never overwritten nor continued from. `context_audio`: the
-    audio key of the window `handoff` came from (the engine then decodes only the new tokens)."""
+def window_job(req: SongRequest, plan: Plan, seg: Segment, reroll: int, prev: SegmentOutcome | KeptWindow | None,
+               model: str | None, revision: str | None, decode_less: bool = False) -> SegmentJob:
+    """Generate window `seg` continuing `prev` (its hand-off state; with `decode_less` also its audio, whose
+    context part the engine reuses instead of decoding it again: not for an inherited window, whose audio this
+    workflow never saw); re-roll `reroll` derives its seed (seed + reroll) and has its own scratch keys, so a
+    rejected attempt is never overwritten nor continued from."""
     seg = replace(seg, seed=seg.seed + reroll)
+    out = prev.outcome if isinstance(prev, KeptWindow) else prev
+    handoff = prev.state_key if prev is not None else None
+    context_audio = out.audio_key if decode_less and out is not None else None
     return SegmentJob(
         request_id=req.request_id, engine=req.engine, model=model, segment=seg, total_segments=len(plan.segments),
         sampling=Sampling.of(req), handoff_key=handoff,

@@ -64,8 +64,7 @@ QUALITY_GATE_PATCH = "quality-gate-1"
 # From this patch on: callback_url is checked (validation revision 4) and told how the song ended (outcome.py).
 SERVICE_PATCH = "service-1"
 PROVENANCE_PATCH = "provenance-1"  # from this patch on: validation revision 5 (loudness_lufs -23..-8)
-# From this patch on: a window's job names the previous window's audio, whose context part it reuses.
-DECODE_LESS_PATCH = "decode-less-1"
+DECODE_LESS_PATCH = "decode-less-1"  # from this patch on: a job names the previous window's audio, to reuse
 ANALYZE_TIMEOUT = timedelta(minutes=10)  # over the default storage outage budget, like the finishing activities
 
 
@@ -246,14 +245,6 @@ class SongWorkflow:
             if handle in self._inflight:
                 self._inflight.remove(handle)
 
-    def _audio_of(self, window: SegmentOutcome | KeptWindow | None) -> str | None:
-        """The audio key of the window a job continues from (decode-less-1 on; None: an inherited window, whose
-        audio this workflow never saw, or none: the engine decodes the whole window)."""
-        if not self._v6 or window is None:
-            return None
-        out = window if isinstance(window, SegmentOutcome) else window.outcome
-        return out.audio_key if out is not None else None
-
     def _start_window(self, job: SegmentJob, why: str = "") -> workflow.ActivityHandle:
         seg = job.segment
         label = f"segment {seg.index + 1}/{job.total_segments}, {seg.start_s:.0f}–{seg.end_s:.0f} s"
@@ -289,8 +280,8 @@ class SongWorkflow:
         if len(kept) == len(segs):
             return kept
         first = segs[len(kept)]
-        running = self._start_window(window_job(req, plan, first, 0, kept[-1].state_key if kept else None,
-                                                model, revision, self._audio_of(kept[-1] if kept else None)))
+        running = self._start_window(window_job(req, plan, first, 0, kept[-1] if kept else None, model, revision,
+                                                self._v6))
         attempts: list[tuple[SegmentOutcome, WindowVerdict]] = []
         while True:
             out: SegmentOutcome = await self._await(running)
@@ -304,8 +295,8 @@ class SongWorkflow:
             else:
                 analysis = self._start_analysis(req, seg, out, [w.features_key for w in kept if w.features_key],
                                                 len(attempts))
-                speculative = self._start_window(window_job(req, plan, nxt, 0, out.state_key, model, revision,
-                                                            self._audio_of(out))) if nxt else None
+                speculative = self._start_window(window_job(req, plan, nxt, 0, out, model, revision, self._v6)) \
+                    if nxt else None
                 verdict: WindowVerdict = await self._await(analysis)
                 attempts.append((out, verdict))
                 if not decided(attempts, req.max_rerolls):
@@ -315,9 +306,8 @@ class SongWorkflow:
                     self._gate_note = reroll_summary(seg.index, len(segs), verdict)
                     self._set_stage("generating")
                     running = self._start_window(
-                        window_job(req, plan, seg, len(attempts), kept[-1].state_key if kept else None,
-                                   model, revision, self._audio_of(kept[-1] if kept else None)),
-                        verdict.note or ", ".join(verdict.failed))
+                        window_job(req, plan, seg, len(attempts), kept[-1] if kept else None, model, revision,
+                                   self._v6), verdict.note or ", ".join(verdict.failed))
                     continue
                 window = keep(attempts)
                 attempts = []
@@ -325,7 +315,7 @@ class SongWorkflow:
                 if speculative is not None and window.outcome is not out:  # it continued from a rejected attempt
                     await self._await(speculative, discard=True)
                     speculative = self._start_window(
-                        window_job(req, plan, nxt, 0, window.state_key, model, revision, self._audio_of(window)))
+                        window_job(req, plan, nxt, 0, window, model, revision, self._v6))
                 running = speculative
             self._windows.append(kept[-1].quality)
             self._done = seg.index + 1
@@ -333,8 +323,7 @@ class SongWorkflow:
             if nxt is None:
                 return kept
             if not req.max_rerolls:
-                running = self._start_window(window_job(req, plan, nxt, 0, out.state_key, model, revision,
-                                                        self._audio_of(out)))
+                running = self._start_window(window_job(req, plan, nxt, 0, out, model, revision, self._v6))
 
     async def _generate(self, req: SongRequest, plan: Plan) -> list[SegmentOutcome]:
         """Continuation is sequential: window i is conditioned on window i-1's stored hand-off. From the first

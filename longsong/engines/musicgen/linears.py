@@ -80,8 +80,8 @@ def prepare_linear(mods: list[torch.nn.Linear], *, transpose: bool,
     return lambda x: F.linear(x, w, bias)
 
 
-def row_tile(fns: list[tuple[Callable[[torch.Tensor], torch.Tensor], int]], *, candidates=(4, 8, 16, 32),
-             trials: int = 2) -> int:
+def row_tile(fns: list[tuple[Callable[[torch.Tensor], torch.Tensor], int]], *, dtype: torch.dtype = torch.float32,
+             candidates=(4, 8, 16, 32), trials: int = 2) -> int:
     """The smallest row count T such that, for every (fn, in_features) given, each row of fn(x) has the same
     bits whatever the number of rows (a multiple of T) and the row's position. CPU BLAS kernels work on tiles
     of rows; a row in a partly filled tile goes through another code path (on this project's AVX2 EPYC with
@@ -93,7 +93,7 @@ def row_tile(fns: list[tuple[Callable[[torch.Tensor], torch.Tensor], int]], *, c
         ok = True
         for fn, width in fns:
             for _ in range(trials):
-                x = torch.randn((3 * tile, width), generator=gen)
+                x = torch.randn((3 * tile, width), generator=gen).to(dtype)
                 full = fn(x)
                 shifted = fn(torch.roll(x, tile, dims=0))
                 ok = (torch.equal(fn(x[:tile]), full[:tile]) and torch.equal(fn(x[:2 * tile]), full[:2 * tile])

@@ -158,7 +158,7 @@ class DecodeLoop(StaticSteps):
             with torch.inference_mode():
                 self.row_tile = row_tile([(first.qkv, self.hidden), (first.o, self.hidden), (first.cq, self.hidden),
                                           (first.co, self.hidden), (first.fc1, self.hidden), (first.fc2, self.ffn),
-                                          (self.head_fn, self.hidden)])
+                                          (self.head_fn, self.hidden)], dtype=self.dtype)
 
     # ------------------------------------------------------------------------------------------
     @property

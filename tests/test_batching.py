@@ -288,3 +288,38 @@ def test_context_audio_of_the_wrong_shape_is_refused(single):
     out = single.generate(good, Progress())
     assert out.details["decoded_from_frame"] == "56"
     np.testing.assert_array_equal(out.audio[:, :56 * 640], first.audio[:, -60 * 640:-4 * 640])  # reused as is
+
+
+def test_running_windows_keep_stepping_while_one_prefills(ckpts, single, monkeypatch):
+    """A window joining with a 40-frame prompt is prefilled layer by layer with a step of the running windows
+    after each layer (they do not stall for a long CPU prefill); codes unchanged."""
+    eng = load(ckpts["mono"], 4)
+    loop, real_start, real_step = eng.loop, eng.loop.start, eng.loop.step
+    prefilling, during = [], []
+
+    def start(*args, **kw):
+        prefilling.append(True)
+        try:
+            return real_start(*args, **kw)
+        finally:
+            prefilling.pop()
+
+    def step(ws):
+        if prefilling:
+            during.append(len(ws))
+        return real_step(ws)
+    monkeypatch.setattr(loop, "start", start)
+    monkeypatch.setattr(loop, "step", step)
+    first = single.generate(req(0, n=60), Progress())
+    requests = [req(1, n=1400), req(2, n=100, context=40, handoff=first.handoff)]  # the first runs for seconds
+    progress = [Progress(), Progress()]
+    out: list = [None, None]
+    t0 = threading.Thread(target=lambda: out.__setitem__(0, eng.generate(requests[0], progress[0])))
+    t0.start()
+    while not progress[0].calls or progress[0].calls[-1][0] < 5:  # the first window is running
+        threading.Event().wait(0.01)
+    out[1] = eng.generate(requests[1], progress[1])
+    t0.join(60)
+    assert len(during) == len(loop.layers)  # one step of the running window per prefill layer
+    for r, o in zip(requests, out):
+        np.testing.assert_array_equal(codes(o), codes(single.generate(r, Progress())))

@@ -3,7 +3,8 @@
 A decoding step is memory-bound: it streams every decoder weight to compute a few rows. One thread per
 model (the scheduler) steps every admitted window together (DecodeLoop.step); windows join at step
 boundaries (prefilled alone, then stepped with the others) and leave when their last token is drawn,
-without stopping the rest. The activity threads only submit a Ticket and wait on it, heart-beating
+without stopping the rest. A joining window's prefill (seconds on CPU for a long prompt) runs layer by
+layer with one step of the running windows after each layer, so they do not stall while it fills. The activity threads only submit a Ticket and wait on it, heart-beating
 with its progress; a cancelled activity flags its ticket and the scheduler drops that window at the
 next step boundary.
 
@@ -157,9 +158,12 @@ class BatchScheduler:
                     return  # waits for a window to leave (or for another model's to)
                 self._queue.popleft()
 
-            def tick(t=t):
+            def tick(t=t):  # after each prefill layer: the running windows take one step meanwhile
                 if t.cancelled:
                     raise _Cancelled()
+                self._drop_cancelled(active)
+                if active:
+                    self._step(active)
 
             try:
                 w = self.loop.start(t.text_states, t.text_mask, t.prompt, t.n_frames, t.sampling, t.seed, tick)

@@ -43,6 +43,7 @@ warnings.filterwarnings("ignore")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from longsong.engines.musicgen.codec import RIGHT_MARGIN_FRAMES, WARMUP_FRAMES, decode_span  # noqa: E402
+from tiny_musicgen import build_tiny_checkpoint, small_encodec_config  # noqa: E402
 
 HOP = 640
 LIMIT_DB = -60.0
@@ -55,14 +56,9 @@ FAR = 200  # warm-up in front of the right-margin test: beyond the left effect (
 
 def musicgen_small_codec(seed: int, codebook_std: float = 1.0, lstm_scale: float = 1.0):
     """EncodecModel with the facebook/musicgen-small EnCodec config and random weights."""
-    from transformers import EncodecConfig, EncodecModel
+    from transformers import EncodecModel
 
-    cfg = EncodecConfig(sampling_rate=32000, audio_channels=1, upsampling_ratios=[8, 5, 4, 4], codebook_size=2048,
-                        target_bandwidths=[2.2], hidden_size=128, codebook_dim=128, num_filters=64,
-                        num_residual_layers=1, num_lstm_layers=2, norm_type="weight_norm", use_causal_conv=False,
-                        compress=2, use_conv_shortcut=False, chunk_length_s=None, overlap=None, normalize=False,
-                        pad_mode="reflect", kernel_size=7, last_kernel_size=7, residual_kernel_size=3,
-                        dilation_growth_rate=2, trim_right_ratio=1.0)
+    cfg = small_encodec_config()
     torch.manual_seed(seed)
     model = EncodecModel(cfg).eval().requires_grad_(False)
     with torch.no_grad():
@@ -76,7 +72,6 @@ def musicgen_small_codec(seed: int, codebook_std: float = 1.0, lstm_scale: float
 
 def tiny_codec():
     from transformers import MusicgenForConditionalGeneration
-    from tiny_musicgen import build_tiny_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         model = MusicgenForConditionalGeneration.from_pretrained(build_tiny_checkpoint(Path(tmp) / "tiny"))

@@ -17,6 +17,17 @@ from longsong.devstack import dev_server
 from longsong.settings import Settings
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one thread is fastest and immune to other processes on the machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def temporal_address(tmp_path_factory) -> str:
     with dev_server(tmp_path_factory.mktemp("temporal") / "temporal.db") as address:

@@ -15,31 +15,21 @@ from longsong.engines.musicgen.codec import (  # noqa: E402
     decode_spans,
 )
 from longsong.engines.musicgen.engine import load_engine  # noqa: E402
-from tiny_musicgen import build_tiny_checkpoint  # noqa: E402
+from tiny_musicgen import build_tiny_checkpoint, small_encodec_config  # noqa: E402
 
 HOP = 640
 R = RIGHT_MARGIN_FRAMES
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def small_codec():
     """EnCodec with the exact facebook/musicgen-small config (as benchmarks/musicgen_speed.py), random weights;
     codebooks drawn N(0, 1) (EncodecModel starts them at zeros: every token would decode alike)."""
-    from transformers import EncodecConfig, EncodecModel
+    from transformers import EncodecModel
 
-    cfg = EncodecConfig(sampling_rate=32000, audio_channels=1, upsampling_ratios=[8, 5, 4, 4], codebook_size=2048,
-                        target_bandwidths=[2.2], hidden_size=128, codebook_dim=128, num_filters=64,
-                        num_residual_layers=1, num_lstm_layers=2, norm_type="weight_norm", use_causal_conv=False,
-                        compress=2, use_conv_shortcut=False, chunk_length_s=None, overlap=None, normalize=False,
-                        pad_mode="reflect", kernel_size=7, last_kernel_size=7, residual_kernel_size=3,
-                        dilation_growth_rate=2, trim_right_ratio=1.0)
+    cfg = small_encodec_config()
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = EncodecModel(cfg).eval().requires_grad_(False)

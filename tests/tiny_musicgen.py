@@ -37,6 +37,19 @@ def _tokenizer():
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
 
 
+def small_encodec_config():
+    """The EnCodec config of facebook/musicgen-small (32 kHz, hop 640, 4 codebooks of 2048): tests and
+    benchmarks build it with random weights, its architecture decides decode cost and receptive field."""
+    from transformers import EncodecConfig
+
+    return EncodecConfig(sampling_rate=32000, audio_channels=1, upsampling_ratios=[8, 5, 4, 4], codebook_size=2048,
+                         target_bandwidths=[2.2], hidden_size=128, codebook_dim=128, num_filters=64,
+                         num_residual_layers=1, num_lstm_layers=2, norm_type="weight_norm", use_causal_conv=False,
+                         compress=2, use_conv_shortcut=False, chunk_length_s=None, overlap=None, normalize=False,
+                         pad_mode="reflect", kernel_size=7, last_kernel_size=7, residual_kernel_size=3,
+                         dilation_growth_rate=2, trim_right_ratio=1.0)
+
+
 def build_tiny_checkpoint(path: str | Path, stereo: bool = False, seed: int = 0) -> Path:
     """Write a tiny random MusicGen checkpoint (mono: 4 codebooks; stereo: 8) to `path`; return it."""
     import torch

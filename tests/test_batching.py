@@ -323,3 +323,23 @@ def test_running_windows_keep_stepping_while_one_prefills(ckpts, single, monkeyp
     assert len(during) == len(loop.layers)  # one step of the running window per prefill layer
     for r, o in zip(requests, out):
         np.testing.assert_array_equal(codes(o), codes(single.generate(r, Progress())))
+
+
+@pytest.mark.parametrize("sampling, prompt_frames", [(SamplingConfig(top_k=50, cfg=3.0), 20),
+                                                     (SamplingConfig(top_k=0, cfg=1.0), 0),
+                                                     (SamplingConfig(greedy=True, cfg=3.0), 39)])
+def test_admission_counts_every_buffer_of_a_window(ckpts, sampling, prompt_frames):
+    """What admission counts (window_bytes) covers every tensor a running window holds, so windows admitted
+    within LONGSONG_GPU_MEMORY_MB stay within it."""
+    eng = load(ckpts["mono"], 4)
+    states, mask = eng.text_states(TEXTS[2])
+    prompt = torch.randint(0, eng.vocab, (eng.num_codebooks, prompt_frames)) if prompt_frames else None
+    with torch.inference_mode():
+        w = eng.loop.start(states, mask, prompt, 60, sampling, 1)
+    held = sum(t.untyped_storage().nbytes() for name in ("table", "seq", "noise", "cross_mask", "logits")
+               if (t := getattr(w, name)) is not None)
+    held += sum(t.untyped_storage().nbytes() for name in ("cross_k", "cross_v", "k_cache", "v_cache")
+                for t in getattr(w, name))
+    need = window_bytes(eng.loop, 60, prompt_frames, sampling, int(states.shape[1]))
+    assert held <= need, (held, need)
+    w.release()

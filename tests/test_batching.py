@@ -226,25 +226,39 @@ def test_window_bigger_than_the_budget_is_not_retryable(ckpts):
     assert "\n" not in msg and "tiny-mono" in msg and "LONGSONG_GPU_BATCH=4" in msg and "budget" in msg
 
 
-def test_out_of_memory_shrinks_the_batch(ckpts, single, monkeypatch):
-    """A step that runs out of memory with three windows in it (the CPU cannot be made to, so the step
-    raises torch's OutOfMemoryError there, once): the newest window waits and rejoins later, the batch is
-    capped at two from then on, and every window still gets its alone codes."""
+@pytest.mark.parametrize("where", ["beside-prefill", "step"])
+def test_out_of_memory_shrinks_the_batch(ckpts, single, monkeypatch, where):
+    """A step with three or more windows in it runs out of memory (the CPU cannot be made to, so the step
+    raises torch's OutOfMemoryError there, once): beside a joining window's prefill, that window goes back to
+    wait and the batch is capped at the three running; in a plain step, the newest running window goes back
+    and the batch is capped below the size that failed. Every window still gets its alone codes."""
     eng = load(ckpts["mono"], 4)
-    loop, real = eng.loop, eng.loop.step
-    fired = []
+    loop, real_step, real_start = eng.loop, eng.loop.step, eng.loop.start
+    fired, prefilling = [], []
+
+    def start(*args, **kw):
+        prefilling.append(True)
+        try:
+            return real_start(*args, **kw)
+        finally:
+            prefilling.pop()
 
     def step(ws):
-        if len(ws) >= 3 and not fired:
+        if len(ws) >= 3 and not fired and bool(prefilling) == (where == "beside-prefill"):
             fired.append(len(ws))
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return real(ws)
+        return real_step(ws)
+    monkeypatch.setattr(loop, "start", start)
     monkeypatch.setattr(loop, "step", step)
     requests = [req(i, n=60) for i in range(4)]
     out = together(eng, requests)
-    assert fired and eng._scheduler.limit == fired[0] - 1
+    if where == "beside-prefill":
+        assert fired == [3] and eng._scheduler.limit == 3
+    else:
+        assert fired and eng._scheduler.limit == fired[0] - 1
     for r, o in zip(requests, out):
         np.testing.assert_array_equal(codes(o), codes(single.generate(r, Progress())))
+    assert eng._budget.used == 0
 
 
 def test_gpu_batch_setting_is_checked():

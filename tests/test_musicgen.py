@@ -245,7 +245,8 @@ def test_next_window_is_conditioned_on_the_previous_final_codes(engines, kind):
     first = eng.generate(req(50, seed=1), Steps())
     prev = codes_of(first)
     assert prev.shape == (eng.num_codebooks, 50) and prev.dtype == np.int64
-    res = eng.generate_codes(req(45, context=20, handoff=first.handoff, seed=2), None)
+    t = eng.ticket(req(45, context=20, handoff=first.handoff, seed=2))
+    res = eng.loop.generate(t.text_states, t.text_mask, t.prompt, t.n_frames, t.sampling, t.seed)
     # what the decoder was fed (read back from its delay-pattern sequence) is the previous window's tail
     np.testing.assert_array_equal(res.prompt.numpy(), prev[:, -20:])
     np.testing.assert_array_equal(res.codes[:, :20].numpy(), prev[:, -20:])

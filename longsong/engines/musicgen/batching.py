@@ -10,10 +10,11 @@ next step boundary.
 
 Admission is by a memory budget for the windows' buffers (KV cache, text keys/values, sampling noise,
 prefill activations; `window_bytes`): a window that does not fit waits for others to leave. An
-out-of-memory step or prefill shrinks the batch instead of failing windows: the newest window goes back
-to the head of the queue (it restarts from its prefill later; its codes do not change: its noise
-comes from its seed) and fewer windows are admitted from then on. Only a window that runs out of
-memory alone fails, as a retryable TransientEngineError.
+out-of-memory step or prefill shrinks the batch instead of failing windows: the newest window (the
+joining one, in a prefill) goes back to the head of the queue (it restarts from its prefill later; its
+noise comes from its seed, so on CPU in float32 its codes do not change) and fewer windows are admitted
+from then on (until the worker restarts). Only a window that runs out of memory alone fails, as a
+retryable TransientEngineError.
 """
 
 from __future__ import annotations
@@ -137,10 +138,12 @@ class BatchScheduler:
                     self._drop_cancelled(active)
                     if active:
                         self._step(active)
+                    else:  # the head waits for memory another model's windows hold: look again shortly
+                        with self._cv:
+                            self._cv.wait(0.05)
             except BaseException as exc:  # noqa: BLE001 - a bug here must fail the windows, not hang them
                 for t, w in active:
-                    w.release()
-                    self.budget.give(t.bytes)
+                    self._leave(t, w)
                     t.finish(error=exc)
                 active.clear()
 
@@ -163,14 +166,15 @@ class BatchScheduler:
                     raise _Cancelled()
                 self._drop_cancelled(active)
                 if active:
-                    self._step(active)
+                    self._step(active, nested=True)
 
             try:
                 w = self.loop.start(t.text_states, t.text_mask, t.prompt, t.n_frames, t.sampling, t.seed, tick)
-            except torch.OutOfMemoryError:
+            except torch.OutOfMemoryError:  # in the prefill or a step beside it: the joining window waits
                 self.budget.give(t.bytes)
+                self._free()
                 if not active:
-                    t.finish(error=self._oom(t, 1))
+                    t.finish(error=self._oom(t))
                     continue
                 self._requeue(t, len(active))
                 return
@@ -184,26 +188,24 @@ class BatchScheduler:
     def _drop_cancelled(self, active: list) -> None:
         for t, w in [a for a in active if a[0].cancelled]:
             active.remove((t, w))
-            w.release()
-            self.budget.give(t.bytes)
+            self._leave(t, w)
             t.finish(error=_Cancelled())
 
-    def _step(self, active: list) -> None:
+    def _step(self, active: list, nested: bool = False) -> None:
+        """One step of the running windows; finished ones leave, decoded together. `nested`: beside a prefill,
+        whose joining window is the newest: out of memory there aborts that prefill (the caller requeues it)."""
         try:
             self.loop.step([w for _, w in active])
         except torch.OutOfMemoryError:
-            if len(active) == 1:
-                t, w = active.pop()
-                w.release()
-                self.budget.give(t.bytes)
-                t.finish(error=self._oom(t, 1))
-            else:  # the newest window leaves and comes back later; the others retry this step
-                t, w = active.pop()
-                w.release()
-                self.budget.give(t.bytes)
+            if nested:
+                raise
+            t, w = active.pop()  # the newest window leaves (and comes back later); the others retry this step
+            self._leave(t, w)
+            self._free()
+            if active:
                 self._requeue(t, len(active))
-            if self.loop.device.type == "cuda":
-                torch.cuda.empty_cache()
+            else:
+                t.finish(error=self._oom(t))
             return
         finished = []
         for t, w in active:
@@ -211,32 +213,45 @@ class BatchScheduler:
             t.progress = (w.t - w.prefix, w.length - w.prefix)
             if w.done:
                 finished.append((t, w))
-        if not finished:
-            return
-        results = []
+        done = []
         for t, w in finished:
             active.remove((t, w))
-            results.append(self.loop.result(w, 0 if t.prompt is None else int(t.prompt.shape[-1]), "eager"))
-            w.release()
-            self.budget.give(t.bytes)
+            try:
+                done.append((t, self.loop.result(w, 0 if t.prompt is None else int(t.prompt.shape[-1]), "eager")))
+            except BaseException as exc:  # noqa: BLE001 - this window's failure only
+                t.finish(error=exc)
+            finally:
+                self._leave(t, w)
+        if not done:
+            return
         try:
-            audio = self.decode([(t, r.codes) for (t, _), r in zip(finished, results)])
+            audio = self.decode([(t, r.codes) for t, r in done])
         except BaseException as exc:  # noqa: BLE001 - the decode failed for these windows only
-            for t, _ in finished:
+            self._free()
+            for t, _ in done:
                 t.finish(error=exc)
             return
-        for (t, _), res, a in zip(finished, results, audio):
+        for (t, res), a in zip(done, audio):
             t.finish(res, a)
+
+    def _leave(self, t: Ticket, w) -> None:
+        """A window's buffers go, and their bytes back to the budget (once: every exit path comes here)."""
+        w.release()
+        self.budget.give(t.bytes)
+
+    def _free(self) -> None:
+        if self.loop.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def _requeue(self, t: Ticket, fits: int) -> None:
         self.limit = max(1, fits)
         with self._cv:
             self._queue.appendleft(t)
 
-    def _oom(self, t: Ticket, batch: int) -> TransientEngineError:
+    def _oom(self, t: Ticket) -> TransientEngineError:
         return TransientEngineError(
-            f"out of memory on {self.loop.device} generating a window alone: model={self.name}, batch={batch} "
-            f"window(s), window={t.n_frames} frames (prompt {0 if t.prompt is None else t.prompt.shape[-1]}), "
+            f"out of memory on {self.loop.device} generating a window alone: model={self.name}, batch=1 window, "
+            f"window={t.n_frames} frames (prompt {0 if t.prompt is None else t.prompt.shape[-1]}), "
             f"budget {self.budget.total // MIB} MiB")
 
 

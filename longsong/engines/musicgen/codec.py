@@ -43,7 +43,7 @@ def decode_span(audio_encoder, codes: torch.Tensor, start: int, warmup: int = WA
     """(K, n) codes -> float32 (channels, (n - start) * hop): the audio of frames [start, n), decoded from
     frame max(0, start - warmup). Exact (within -60 dB) from `start` on only if the codes hold `warmup` tokens
     before it (or start there), and up to RIGHT_MARGIN_FRAMES before n unless n ends the song. Stereo codes
-    interleave the channels' codebooks (0::2 left, 1::2 right), as MusicGenEngine.decode_audio."""
+    interleave the channels' codebooks (0::2 left, 1::2 right)."""
     return decode_spans(audio_encoder, [codes], start, warmup, channels)[0]
 
 
@@ -67,4 +67,7 @@ def decode_spans(audio_encoder, codes: list[torch.Tensor], start: int, warmup: i
     with torch.inference_mode():
         audio = audio_encoder.decode(batch[None].to(device), [None]).audio_values[:, 0]
         audio = audio[:, (start - first) * hop:(n - first) * hop].float().cpu().numpy()
+    want = (n - start) * hop  # EnCodec's output can fall a few samples short of n * hop: pad, as the track expects
+    if audio.shape[1] < want:
+        audio = np.pad(audio, ((0, 0), (0, want - audio.shape[1])))
     return [np.ascontiguousarray(audio[i * channels:(i + 1) * channels]) for i in range(len(codes))]

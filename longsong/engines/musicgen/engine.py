@@ -174,6 +174,7 @@ class MusicGenEngine:
                               f"(or 0: what is free)")
         self.max_batch, self._budget = max_batch, budget
         if max_batch > 1:
+            self.loop.probe_row_tile(2 * max_batch)  # a window has up to 2 rows (CFG)
             self._scheduler = BatchScheduler(self.loop, max_batch, budget, self._decode_tickets, self.model)
 
     # --------------------------------------------------------------------------------------
@@ -258,24 +259,6 @@ class MusicGenEngine:
                 states = self._proj(states)
         return states, mask
 
-    def decode_audio(self, codes) -> np.ndarray:
-        """(K, n) codes -> float32 (channels, n * hop): one EnCodec decode per channel, no chunking."""
-        import torch
-
-        n = int(codes.shape[-1])
-        with torch.inference_mode():
-            codes = codes.to(self._torch_device)
-            dec = self._model.audio_encoder
-            parts = [codes] if self.channels == 1 else [codes[0::2], codes[1::2]]
-            audio = [dec.decode(p[None, None], [None]).audio_values[0, 0].float() for p in parts]
-            out = torch.stack(audio).cpu().numpy()
-        want = n * self.hop
-        if out.shape[1] >= want:
-            out = out[:, :want]
-        else:
-            out = np.pad(out, ((0, 0), (0, want - out.shape[1])))
-        return np.ascontiguousarray(out, dtype=np.float32)
-
     def decode_from(self, req: WindowRequest) -> int:
         """The frame a window's audio is decoded from: with the previous window's audio at hand its context is
         reused up to RIGHT_MARGIN_FRAMES before the seam (where that audio stops matching one decode of the whole
@@ -312,7 +295,8 @@ class MusicGenEngine:
         return self.decode_windows([(t.decode_from, t.context_audio, codes) for t, codes in done])
 
     def ticket(self, req: WindowRequest):
-        """The validated request as the decode loop takes it (batching.Ticket), its buffers counted."""
+        """The validated request as the decode loop takes it (batching.Ticket), its buffers counted; the codes of a
+        window alone are `self.loop.generate(t.text_states, t.text_mask, t.prompt, t.n_frames, t.sampling, t.seed)`."""
         import torch
 
         from longsong.engines.musicgen.batching import Budget, Ticket, check_fits, window_bytes
@@ -330,24 +314,29 @@ class MusicGenEngine:
         check_fits(t, self._budget or Budget(2**62), self.model, self.max_batch)
         return t
 
-    def generate_codes(self, req: WindowRequest, on_step: StepCallback | None = None):
-        """The window's codes alone (LoopResult: codes (K, n), the prompt it was conditioned on, steps, mode)."""
-        t = self.ticket(req)
-        return self.loop.generate(t.text_states, t.text_mask, t.prompt, t.n_frames, t.sampling, t.seed, on_step)
-
     def _batched(self, req: WindowRequest, on_step: StepCallback):
         """Submit the window to the scheduler and wait, heart-beating its progress; an exception from
         on_step (the activity was cancelled) takes the window out of the batch."""
+        import torch
+
         t = self.ticket(req)
-        self._scheduler.submit(t)
         try:
+            self._scheduler.submit(t)
             while not t.wait(0.5):
                 on_step(*t.progress)
         except BaseException:
             t.cancelled = True
             raise
-        if t.error is not None:
-            raise t.error
+        err = t.error
+        if isinstance(err, torch.OutOfMemoryError):  # in the batch's EnCodec decode
+            raise TransientEngineError(f"out of memory on {self._torch_device} decoding a window: model={self.model}, "
+                                       f"LONGSONG_GPU_BATCH={self.max_batch}, window={req.n_frames} frames") from None
+        if isinstance(err, EngineError):  # one object per activity thread (several windows may share the error)
+            raise EngineError(str(err)) from None
+        if isinstance(err, TransientEngineError):
+            raise TransientEngineError(str(err)) from None
+        if err is not None:
+            raise err
         on_step(*t.progress)
         return t.result, t.audio, t.batch_max
 

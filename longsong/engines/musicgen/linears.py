@@ -81,19 +81,21 @@ def prepare_linear(mods: list[torch.nn.Linear], *, transpose: bool,
 
 
 def row_tile(fns: list[tuple[Callable[[torch.Tensor], torch.Tensor], int]], *, dtype: torch.dtype = torch.float32,
-             candidates=(4, 8, 16, 32), trials: int = 2) -> int:
+             max_rows: int = 16, candidates=(4, 8, 16, 32), trials: int = 2) -> int:
     """The smallest row count T such that, for every (fn, in_features) given, each row of fn(x) has the same
     bits whatever the number of rows (a multiple of T) and the row's position. CPU BLAS kernels work on tiles
     of rows; a row in a partly filled tile goes through another code path (on this project's AVX2 EPYC with
     MKL: tiles of 4, the 1-3 leftover rows differ in the last bits), so the decode loop pads its rows to a
-    multiple of T and a window's results do not depend on its batch-mates. Probed at start because the tile
-    depends on the CPU and the BLAS build; the largest candidate when none passes."""
+    multiple of T and a window's results do not depend on its batch-mates. Probed at start, with the thread
+    count the worker runs with and up to `max_rows` rows, because the tile depends on the CPU, the BLAS build
+    and how it splits work between threads; the largest candidate when none passes."""
     gen = torch.Generator().manual_seed(0)
     for tile in candidates:
         ok = True
         for fn, width in fns:
             for _ in range(trials):
-                x = torch.randn((3 * tile, width), generator=gen).to(dtype)
+                rows = max(3 * tile, -(-max_rows // tile) * tile)
+                x = torch.randn((rows, width), generator=gen).to(dtype)
                 full = fn(x)
                 shifted = fn(torch.roll(x, tile, dims=0))
                 ok = (torch.equal(fn(x[:tile]), full[:tile]) and torch.equal(fn(x[:2 * tile]), full[:2 * tile])

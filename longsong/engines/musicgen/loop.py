@@ -152,15 +152,21 @@ class DecodeLoop(StaticSteps):
         self._cross_bias = any(lay.encoder_attn.k_proj.bias is not None or lay.encoder_attn.v_proj.bias is not None
                                for lay in core.layers)
         self.head_fn = lin(*dec.lm_heads)  # the codebook heads side by side: (.., K * V)
-        first = self.layers[0]
         self.row_tile = 1
-        if self.device.type == "cpu" and quantize is None:  # int8 quantizes a step's rows together: no tile helps
-            with torch.inference_mode():
-                self.row_tile = row_tile([(first.qkv, self.hidden), (first.o, self.hidden), (first.cq, self.hidden),
-                                          (first.co, self.hidden), (first.fc1, self.hidden), (first.fc2, self.ffn),
-                                          (self.head_fn, self.hidden)], dtype=self.dtype)
+        self.probe_row_tile(16)
 
     # ------------------------------------------------------------------------------------------
+    def probe_row_tile(self, max_rows: int) -> None:
+        """Pad a step's rows to the BLAS row tile (linears.row_tile) for up to `max_rows` rows; CPU float only (int8
+        quantizes a step's rows together: no tile helps; a GPU is not padded)."""
+        if self.device.type != "cpu" or self.quantize is not None:
+            return
+        first = self.layers[0]
+        with torch.inference_mode():
+            self.row_tile = row_tile([(first.qkv, self.hidden), (first.o, self.hidden), (first.cq, self.hidden),
+                                      (first.co, self.hidden), (first.fc1, self.hidden), (first.fc2, self.ffn),
+                                      (self.head_fn, self.hidden)], dtype=self.dtype, max_rows=max_rows)
+
     @property
     def mode(self) -> str:
         return "cuda-graph" if self.cuda_graph else "eager"

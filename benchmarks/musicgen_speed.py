@@ -135,7 +135,8 @@ def available_gib() -> float:
 # model
 
 
-def build_model(size: str, device: torch.device, seed: int = 0):
+def build_model(size: str, device: torch.device, seed: int = 0, layers: int | None = None):
+    """Random weights, the exact architecture of `size`; `layers` trims the decoder (quick runs)."""
     from transformers import (
         EncodecConfig,
         GenerationConfig,
@@ -155,7 +156,7 @@ def build_model(size: str, device: torch.device, seed: int = 0):
                           dilation_growth_rate=2, trim_right_ratio=1.0)
     dec = MusicgenDecoderConfig(vocab_size=2048, max_position_embeddings=2048, num_codebooks=4, audio_channels=1,
                                 pad_token_id=2048, bos_token_id=2048, dropout=0.1, activation_function="gelu",
-                                **ARCH[size])
+                                **{**ARCH[size], **({"num_hidden_layers": layers} if layers else {})})
     torch.manual_seed(seed)
     model = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=dec))
     model.generation_config = GenerationConfig(do_sample=True, guidance_scale=3.0, max_length=1500, pad_token_id=2048,

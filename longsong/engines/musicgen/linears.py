@@ -84,7 +84,7 @@ def row_tile(fns: list[tuple[Callable[[torch.Tensor], torch.Tensor], int]], *, d
              max_rows: int = 16, candidates=(4, 8, 16, 32), trials: int = 2) -> int:
     """The smallest row count T such that, for every (fn, in_features) given, each row of fn(x) has the same
     bits whatever the number of rows (a multiple of T) and the row's position. CPU BLAS kernels work on tiles
-    of rows; a row in a partly filled tile goes through another code path (on this project's AVX2 EPYC with
+    of rows; a row in a partly filled tile goes through another code path (on this project's 2-core EPYC (Zen 4) with
     MKL: tiles of 4, the 1-3 leftover rows differ in the last bits), so the decode loop pads its rows to a
     multiple of T and a window's results do not depend on its batch-mates. Probed at start, with the thread
     count the worker runs with and up to `max_rows` rows, because the tile depends on the CPU, the BLAS build

@@ -226,15 +226,10 @@ def test_window_bigger_than_the_budget_is_not_retryable(ckpts):
     assert "\n" not in msg and "tiny-mono" in msg and "LONGSONG_GPU_BATCH=4" in msg and "budget" in msg
 
 
-@pytest.mark.parametrize("where", ["beside-prefill", "step"])
-def test_out_of_memory_shrinks_the_batch(ckpts, single, monkeypatch, where):
-    """A step with three or more windows in it runs out of memory (the CPU cannot be made to, so the step
-    raises torch's OutOfMemoryError there, once): beside a joining window's prefill, that window goes back to
-    wait and the batch is capped at the three running; in a plain step, the newest running window goes back
-    and the batch is capped below the size that failed. Every window still gets its alone codes."""
-    eng = load(ckpts["mono"], 4)
-    loop, real_step, real_start = eng.loop, eng.loop.step, eng.loop.start
-    fired, prefilling = [], []
+def watch_steps(monkeypatch, loop, before_step):
+    """Wrap the loop's step: `before_step(windows, prefilling)` runs first (it may raise), where `prefilling`
+    says whether a joining window's prefill is under way (the step runs beside it)."""
+    real_start, real_step, prefilling = loop.start, loop.step, []
 
     def start(*args, **kw):
         prefilling.append(True)
@@ -244,12 +239,26 @@ def test_out_of_memory_shrinks_the_batch(ckpts, single, monkeypatch, where):
             prefilling.pop()
 
     def step(ws):
-        if len(ws) >= 3 and not fired and bool(prefilling) == (where == "beside-prefill"):
-            fired.append(len(ws))
-            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        before_step(ws, bool(prefilling))
         return real_step(ws)
     monkeypatch.setattr(loop, "start", start)
     monkeypatch.setattr(loop, "step", step)
+
+
+@pytest.mark.parametrize("where", ["beside-prefill", "step"])
+def test_out_of_memory_shrinks_the_batch(ckpts, single, monkeypatch, where):
+    """A step with three or more windows in it runs out of memory (the CPU cannot be made to, so the step
+    raises torch's OutOfMemoryError there, once): beside a joining window's prefill, that window goes back to
+    wait and the batch is capped at the three running; in a plain step, the newest running window goes back
+    and the batch is capped below the size that failed. Every window still gets its alone codes."""
+    eng = load(ckpts["mono"], 4)
+    fired = []
+
+    def oom(ws, prefilling):
+        if len(ws) >= 3 and not fired and prefilling == (where == "beside-prefill"):
+            fired.append(len(ws))
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+    watch_steps(monkeypatch, eng.loop, oom)
     requests = [req(i, n=60) for i in range(4)]
     out = together(eng, requests)
     if where == "beside-prefill":
@@ -308,22 +317,8 @@ def test_running_windows_keep_stepping_while_one_prefills(ckpts, single, monkeyp
     """A window joining with a 40-frame prompt is prefilled layer by layer with a step of the running windows
     after each layer (they do not stall for a long CPU prefill); codes unchanged."""
     eng = load(ckpts["mono"], 4)
-    loop, real_start, real_step = eng.loop, eng.loop.start, eng.loop.step
-    prefilling, during = [], []
-
-    def start(*args, **kw):
-        prefilling.append(True)
-        try:
-            return real_start(*args, **kw)
-        finally:
-            prefilling.pop()
-
-    def step(ws):
-        if prefilling:
-            during.append(len(ws))
-        return real_step(ws)
-    monkeypatch.setattr(loop, "start", start)
-    monkeypatch.setattr(loop, "step", step)
+    during = []
+    watch_steps(monkeypatch, eng.loop, lambda ws, prefilling: during.append(len(ws)) if prefilling else None)
     first = single.generate(req(0, n=60), Progress())
     requests = [req(1, n=1400), req(2, n=100, context=40, handoff=first.handoff)]  # the first runs for seconds
     progress = [Progress(), Progress()]
@@ -334,7 +329,7 @@ def test_running_windows_keep_stepping_while_one_prefills(ckpts, single, monkeyp
         threading.Event().wait(0.01)
     out[1] = eng.generate(requests[1], progress[1])
     t0.join(60)
-    assert len(during) == len(loop.layers)  # one step of the running window per prefill layer
+    assert len(during) == len(eng.loop.layers)  # one step of the running window per prefill layer
     for r, o in zip(requests, out):
         np.testing.assert_array_equal(codes(o), codes(single.generate(r, Progress())))
 

@@ -49,7 +49,7 @@ class SegmentActivities:
                     f"{job.model_version} like its first window, but this GPU worker serves revision {engine.version}")
             handoff = self.storage.get_bytes(job.handoff_key) if job.handoff_key else None
             context_audio = None
-            if job.context_audio_key and seg.context_frames:
+            if job.context_audio_key and seg.context_frames and engine.reuses_context_audio:
                 previous = from_npy_bytes(self.storage.get_bytes(job.context_audio_key))
                 context_audio = previous[:, previous.shape[1] - seg.context_frames * engine.sample_rate // FRAME_RATE:]
 

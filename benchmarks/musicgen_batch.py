@@ -49,7 +49,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from musicgen_speed import (  # noqa: E402
-    SAMPLING, WINDOW, Peak, _rss, build_model, decoder_params, engine_states, load, random_codes,
+    SAMPLING, WINDOW, Peak, _rss, build_model, decoder_params, engine_states, interp, load, random_codes,
 )
 
 from longsong.engines.musicgen.loop import DecodeLoop  # noqa: E402
@@ -124,18 +124,6 @@ def time_batches(loop: DecodeLoop, states, mask, contexts, batches, steps: int, 
 
 def loop_label(loop: DecodeLoop) -> str:
     return "int8" if loop.quantize == "int8" else "fp32"
-
-
-def interp(points: dict[int, float], x: float) -> float:
-    """Linear between the measured contexts, flat below the first, extrapolated past the last."""
-    pts = sorted(points.items())
-    if len(pts) == 1 or x <= pts[0][0]:
-        return pts[0][1]
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-        if x <= x1:
-            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    (x0, y0), (x1, y1) = pts[-2], pts[-1]
-    return y1 + (y1 - y0) * (x - x1) / (x1 - x0)
 
 
 def window_s(res: dict, b: int, contexts) -> float:

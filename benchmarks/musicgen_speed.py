@@ -200,6 +200,18 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def interp(points: dict[int, float], x: float) -> float:
+    """Linear between the measured contexts, flat below the first, extrapolated past the last."""
+    pts = sorted(points.items())
+    if len(pts) == 1 or x <= pts[0][0]:
+        return pts[0][1]
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    (x0, y0), (x1, y1) = pts[-2], pts[-1]
+    return y1 + (y1 - y0) * (x - x1) / (x1 - x0)
+
+
 @dataclass
 class Run:
     label: str
@@ -209,15 +221,8 @@ class Run:
     full_window_s: float | None = None
 
     def step_at(self, pos: float) -> float:
-        """ms/step at a cache position, linear between the measured contexts (flat outside)."""
-        pts = sorted(self.steps_ms.items())
-        if len(pts) == 1 or pos <= pts[0][0]:
-            return pts[0][1]
-        for (c0, v0), (c1, v1) in zip(pts, pts[1:]):
-            if pos <= c1:
-                return v0 + (v1 - v0) * (pos - c0) / (c1 - c0)
-        (c0, v0), (c1, v1) = pts[-2], pts[-1]
-        return v1 + (v1 - v0) * (pos - c1) / (c1 - c0)
+        """ms/step at a cache position, linear between the measured contexts."""
+        return interp(self.steps_ms, pos)
 
     def prefill_at(self, ctx: int) -> float:
         """Seconds of a prefill of `ctx` frames (to the first token), linear between measured contexts."""

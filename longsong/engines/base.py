@@ -48,5 +48,6 @@ class Engine(Protocol):
     version: str  # revision (commit hash or weight content hash)
     sample_rate: int
     channels: int
+    reuses_context_audio: bool  # reads WindowRequest.context_audio (the activity fetches it only then)
 
     def generate(self, req: WindowRequest, on_step: StepCallback) -> WindowResult: ...

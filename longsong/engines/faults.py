@@ -137,6 +137,7 @@ class FaultyEngine:
         self.faults = dict(faults)
         self.name, self.model, self.version = inner.name, inner.model, inner.version
         self.sample_rate, self.channels = inner.sample_rate, inner.channels
+        self.reuses_context_audio = inner.reuses_context_audio
 
     def generate(self, req: WindowRequest, on_step: StepCallback) -> WindowResult:
         result = self.inner.generate(req, on_step)

@@ -123,6 +123,7 @@ class MusicGenEngine:
     """One resident MusicGen model; generate() makes one window (<= 30 s) by token continuation."""
 
     name = "musicgen"
+    reuses_context_audio = True  # decodes only a window's new tokens (decode_from)
 
     def __init__(self, model, processor, model_id: str, revision: str, *, device: str = "cpu",
                  dtype: str = "float32", quantize: str | None = None, cuda_graph: bool | None = None):
@@ -338,14 +339,15 @@ class MusicGenEngine:
         if err is not None:
             raise err
         on_step(*t.progress)
-        return t.result, t.audio, t.batch_max
+        return t
 
     def generate(self, req: WindowRequest, on_step: StepCallback) -> WindowResult:
         import torch
 
         batch = 2 if _finite(req.sampling.cfg) and req.sampling.cfg > 1 else 1
         if self._scheduler is not None:
-            res, audio, windows = self._batched(req, on_step)
+            t = self._batched(req, on_step)
+            res, audio, windows = t.result, t.audio, t.batch_max
         else:
             windows = 1
             with self._lock:
@@ -370,7 +372,7 @@ class MusicGenEngine:
             "decode_loop": res.mode, "steps": str(res.steps), "prefill_positions": str(res.prefill_positions),
             "context_frames": str(req.context_frames), "handoff": "tokens",
             "batch": str(windows), "gpu_batch": str(self.max_batch),
-            "decoded_from_frame": str(self.decode_from(req)),
+            "decoded_from_frame": str(t.decode_from),
             "sampling": f"temperature={sp.temperature:g},top_k={sp.top_k},top_p={sp.top_p:g},cfg={sp.cfg:g}",
         })
         return WindowResult(audio=audio, handoff=handoff, details=details)

@@ -224,9 +224,10 @@ class DecodeLoop(StaticSteps):
         The linear layers run once over the rows of every window (what makes a batch cheap: each weight
         is read once per step); on CPU the rows are padded to a multiple of the BLAS kernel's row tile
         (linears.row_tile, probed at start), from which every row gets the same bits whatever the row
-        count and its position, so a window's codes do not depend on its batch-mates. Attention runs per window over its own
-        cache and text: the same shapes as alone."""
-        rows = sum(w.batch for w in ws)
+        count and its position, so a window's codes do not depend on its batch-mates. Attention runs per
+        window over its own cache and text: the same shapes as alone."""
+        sizes = [w.batch for w in ws]
+        rows = sum(sizes)
         tok = torch.cat([t.view(1, self.num_codebooks, 1).expand(w.batch, -1, -1) for w, t in zip(ws, toks)])
         pos = torch.cat([self.positions[w.t:w.t + 1].expand(w.batch, -1) for w in ws]).to(self.dtype)
         x = self._embed(tok) + pos.unsqueeze(1)  # (R, 1, D)
@@ -238,10 +239,8 @@ class DecodeLoop(StaticSteps):
         for i, lay in enumerate(self.layers):
             h = F.layer_norm(x, (self.hidden,), *lay.ln1)
             qkv = lay.qkv(h).view(n, 1, 3, self.heads, self.head_dim)
-            out, r = [], 0
-            for w in ws:
-                part = qkv[r:r + w.batch]
-                r += w.batch
+            out = []
+            for w, part in zip(ws, qkv[:rows].split(sizes)):
                 kc, vc = w.k_cache[i], w.v_cache[i]
                 kc[:, :, w.t].copy_(part[:, 0, 1])
                 vc[:, :, w.t].copy_(part[:, 0, 2])
@@ -251,21 +250,15 @@ class DecodeLoop(StaticSteps):
             x = x + lay.o(a.transpose(1, 2).reshape(n, 1, self.hidden))
             h = F.layer_norm(x, (self.hidden,), *lay.ln2)
             q = lay.cq(h).view(n, 1, self.heads, self.head_dim).transpose(1, 2)
-            out, r = [], 0
-            for w in ws:
-                out.append(F.scaled_dot_product_attention(q[r:r + w.batch], w.cross_k[i], w.cross_v[i],
-                                                          attn_mask=w.cross_mask, scale=self.scaling))
-                r += w.batch
+            out = [F.scaled_dot_product_attention(qw, w.cross_k[i], w.cross_v[i], attn_mask=w.cross_mask,
+                                                  scale=self.scaling) for w, qw in zip(ws, q[:rows].split(sizes))]
             a = torch.cat(out + [spare])
             x = x + lay.co(a.transpose(1, 2).reshape(n, 1, self.hidden))
             h = F.layer_norm(x, (self.hidden,), *lay.ln3)
             x = x + lay.fc2(self.act(lay.fc1(h)))
         x = F.layer_norm(x, (self.hidden,), *self.final_ln)
-        logits = self._heads(x)
-        r = 0
-        for w in ws:
-            w.logits.copy_(logits[r:r + w.batch])
-            r += w.batch
+        for w, logits in zip(ws, self._heads(x)[:rows].split(sizes)):
+            w.logits.copy_(logits)
 
     # ------------------------------------------------------------------------------------------
     def _sample_eager(self, w: _Window) -> torch.Tensor:
@@ -371,11 +364,9 @@ class DecodeLoop(StaticSteps):
         the loop; every per-window buffer is dropped on the way out)."""
         graph_mode = self.cuda_graph if static is None else (static and self.cuda_graph)
         static = graph_mode or bool(static)
-        total = n_frames + self.channel_codebooks - (0 if prompt is None else int(prompt.shape[-1])) - 1
-        tick = None
-        if on_step is not None and prompt is not None and prompt.shape[-1] > 0:
-            tick = lambda: on_step(0, total)  # noqa: E731
         m = 0 if prompt is None else int(prompt.shape[-1])
+        total = n_frames + self.channel_codebooks - m - 1  # tokens sampled after the prefill
+        tick = (lambda: on_step(0, total)) if on_step is not None and m else None
         if not static:  # eager: the batched step, with a batch of one
             w = self.start(text_states, text_mask, prompt, n_frames, sampling, seed, tick)
             try:

@@ -21,9 +21,8 @@ class StaticSteps:
 
     def _generate_static(self, text_states, text_mask, prompt, n_frames: int, sampling: SamplingConfig, seed: int,
                          on_step: StepCallback | None, tick, graph_mode: bool):
-        m = 0 if prompt is None else int(prompt.shape[-1])
-        total = n_frames + self.channel_codebooks - m - 1
         w = self.new_window(text_states, text_mask, prompt, n_frames, sampling, seed, static=True)
+        total = w.length - w.prefix
         graph = None
         mode = "cuda-graph" if graph_mode else "static"
         try:
@@ -44,7 +43,7 @@ class StaticSteps:
                     self._sample_static(w, sampling)
                 if on_step is not None:
                     on_step(t - s + 1, total)
-            return self.result(w, m, mode)
+            return self.result(w, w.prefix - 1, mode)  # prefix = BOS + the prompt frames
         finally:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # queued replays finish before their buffers go

@@ -106,6 +106,7 @@ class ProceduralEngine:
     version = "2"  # 2: a continuation window's seed picks its take (before, later windows ignored it)
     sample_rate = SR
     channels = 2
+    reuses_context_audio = False  # it synthesizes the whole window again
 
     def generate(self, req: WindowRequest, on_step: StepCallback) -> WindowResult:
         if req.n_frames <= 0 or req.context_frames < 0 or req.n_frames <= req.context_frames:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -20,7 +21,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from longsong.atomic import process_start, replacing
 from longsong.settings import Settings
@@ -30,6 +31,7 @@ READY_MARKERS = {"worker-gpu": "GPU worker", "worker-cpu": "CPU worker"}
 SERVICES = ("temporal", "worker-gpu", "worker-cpu", "api")
 DEV_METRICS = {"worker-gpu": 9464, "worker-cpu": 9465}  # each worker's Prometheus endpoint, when the port is free
 DEV_KEY_USER = "local"
+START_TRIES = 3  # starts of the Temporal dev server that died of a port taken under it
 # The dev server's SQLite file in WAL mode without an fsync per commit: a crashed server or worker
 # still loses nothing (the log is in the OS), only a power cut can drop the last moments; each
 # history write costs no disk flush, which is ~0.3 s of a 13-segment song here.
@@ -67,9 +69,28 @@ def server_command(db: Path, port: int, ui_port: int | None, log_level: str) -> 
     return cmd
 
 
-def free_port() -> int:
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152  # IANA's dynamic range (macOS, BSD)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A free port below the OS's ephemeral range. A port from bind(0) lies inside that range, and
+    between the pick and the server's bind any outgoing connection (or a Temporal server's own internal
+    ports) may take it: the server then dies with "address already in use"."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, max(_ephemeral_low(), 20001))
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -115,19 +136,42 @@ def _wait_temporal(addr: str, alive, timeout: float) -> bool:
     return True
 
 
+def _start_temporal(spawn: Callable[[], tuple[str, Callable[[], bool]]], log: Path) -> str:
+    """Start a server (`spawn` returns its address and liveness) and wait until it serves. One that died of
+    "address already in use" is started again: its internal ports come from bind(0), and an outgoing
+    connection can take one between the server's pick and its bind."""
+    for _ in range(START_TRIES):
+        offset = log.stat().st_size if log.exists() else 0
+        addr, alive = spawn()
+        if _wait_temporal(addr, alive, 60):
+            return addr
+        text = log.read_text(errors="replace")[offset:] if log.exists() else ""
+        if alive() or "address already in use" not in text:
+            break
+        time.sleep(0.5)
+    last = [line for line in text.splitlines() if line.strip()][-1:] or ["no output"]
+    raise DevStackError(f"the Temporal dev server did not start: {last[0][:300]} (log: {log})")
+
+
 @contextlib.contextmanager
 def dev_server(db: Path) -> Iterator[str]:
     """A headless dev server on a free port for the duration of the block; yields its address."""
-    port = free_port()
-    proc = subprocess.Popen(server_command(db, port, None, "error"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    log = db.with_suffix(".log")
+    procs: list[subprocess.Popen] = []
+
+    def spawn() -> tuple[str, Callable[[], bool]]:
+        port = free_port()
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(server_command(db, port, None, "error"), stdout=out, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        return f"127.0.0.1:{port}", lambda: proc.poll() is None
+
     try:
-        if not _wait_temporal(f"127.0.0.1:{port}", lambda: proc.poll() is None, 60):
-            raise DevStackError(f"the Temporal dev server did not start on port {port}")
-        yield f"127.0.0.1:{port}"
+        yield _start_temporal(spawn, log)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 def address(settings: Settings) -> str:
@@ -203,9 +247,12 @@ def up(settings: Settings, timeout: float = 120.0) -> list[Service]:
         if _port_open(address(settings)):
             raise DevStackError(f"port {address(settings)} is taken by another program (set LONGSONG_DEV_PORT)")
         cmd = server_command(settings.home / "temporal.db", settings.dev_port, settings.dev_ui_port, "warn")
-        pid = _spawn(settings, "temporal", cmd, env)
-        if not _wait_temporal(address(settings), lambda: _alive(pid), 60):
-            raise DevStackError(f"the Temporal dev server did not start (log: {settings.home}/logs/temporal.log)")
+
+        def spawn() -> tuple[str, Callable[[], bool]]:
+            pid = _spawn(settings, "temporal", cmd, env)
+            return address(settings), lambda: _alive(pid)
+
+        _start_temporal(spawn, settings.home / "logs" / "temporal.log")
     offsets = {}
     for name, kind in (("worker-gpu", "gpu"), ("worker-cpu", "cpu")):
         if name not in running:

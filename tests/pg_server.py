@@ -15,24 +15,19 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
 from pathlib import Path
 from typing import Iterator
 
+from longsong.devstack import free_port
+
 BINARIES = "/usr/lib/postgresql/*/bin"
 
 
 class PostgresMissing(RuntimeError):
     """No PostgreSQL server binaries on this machine."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def binaries() -> Path:

@@ -20,7 +20,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+from longsong.devstack import free_port
+
 ACCESS_KEY = "longsong-test-key"
 SECRET_KEY = "longsong-test-secret"
 REGION = "us-east-1"
@@ -40,12 +41,6 @@ S3_ENV_NAMES = ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_K
 _INTERFERING = ("AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_CA_BUNDLE",
                 "AWS_WEB_IDENTITY_TOKEN_FILE", "LONGSONG_LINK_ENDPOINT", "LONGSONG_LINK_EXPIRY",
                 "LONGSONG_RETENTION_DAYS", "LONGSONG_SCRATCH_EXPIRY_DAYS")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def new_bucket_name(stem: str = "longsong-test") -> str:

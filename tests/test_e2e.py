@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from longsong.audio.encode import decode
 from longsong.audio.loudness import integrated_loudness
 from longsong.audio.true_peak import true_peak_dbtp
 from longsong.audio.watermark import detect
-from longsong.devstack import free_port
+from longsong.devstack import START_TRIES, _start_temporal, free_port, server_command
 from longsong.plan import make_plan
 from longsong.request import SongRequest, validate
 
@@ -200,6 +201,51 @@ def test_unwritable_data_dir_is_a_clear_error(tmp_path):
     env.update(LONGSONG_HOME=str(blocker / "home"))
     run = cli("dev", "up", env=env, timeout=60)
     assert run.returncode == 2 and "LONGSONG_HOME" in run.stderr and "not writable" in run.stderr
+
+
+def test_a_dev_server_that_loses_its_port_race_is_started_again(tmp_path):
+    """The race seen in CI: a port picked free is taken by a bound socket (an outgoing connection's local
+    port) before the server binds it; the server exits with "address already in use" and is started again."""
+    log = tmp_path / "t.log"
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))  # bound, not listening: what a client connection holds
+    ports = [taken.getsockname()[1], free_port()]
+    procs = []
+
+    def spawn():
+        port = ports[len(procs)]
+        with open(log, "ab") as out:
+            procs.append(subprocess.Popen(server_command(tmp_path / "t.db", port, None, "warn"), stdout=out,
+                                          stderr=subprocess.STDOUT))
+        proc = procs[-1]
+        return f"127.0.0.1:{port}", lambda: proc.poll() is None
+
+    try:
+        assert _start_temporal(spawn, log) == f"127.0.0.1:{ports[1]}"
+        assert len(procs) == 2 and procs[0].returncode == 1 and "address already in use" in log.read_text()
+    finally:
+        taken.close()
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def test_dev_port_held_by_a_socket_is_a_one_line_error(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LONGSONG_", "TEMPORAL_"))}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        env.update(LONGSONG_HOME=str(tmp_path / "home"), LONGSONG_DEV_PORT=str(port),
+                   LONGSONG_API_PORT=str(free_port()), LONGSONG_METRICS_ADDR="", LONGSONG_DEV_UI_PORT=str(free_port()))
+        run = cli("dev", "up", env=env, timeout=60)
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert f"can't set frontend port {port}" in run.stderr and "address already in use" in run.stderr
+    assert (tmp_path / "home" / "logs" / "temporal.log").read_text().count("address already in use") == START_TRIES
+
+
+def test_free_ports_lie_below_the_ephemeral_range():
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert all(20000 <= free_port() < low for _ in range(50))
 
 
 def test_a_killed_dev_server_keeps_its_songs_and_workers_reconnect(tmp_path):

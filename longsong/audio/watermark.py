@@ -7,16 +7,17 @@ squares of cells in it with keyed signs (+ - / - +): the sum over a square cance
 per band (EQ, low-pass) or common to all bands (fades, compressors). The bit is written by spread-transform
 dither modulation: the signed sum of its cells' dB is moved towards the keyed lattice point of its value,
 so the music itself does not interfere with decoding (as it does with additive spread spectrum); only the
-attack's change of those energies does. Distortion compensation moves ALPHA of the way with a
-correspondingly wider lattice. Changes go preferably to the cells that cost least mark power (quiet
-relative to their column), each at most MAX_CELL_DB, and the mark is scaled down in any 1 s window where
-it would be less than GUARD_DB under the music.
+attack's change of those energies does. The `Lattice` sets the step and how much of the way the sum is
+moved. Changes go preferably to the cells that cost least mark power (quiet relative to their column), each
+at most MAX_CELL_DB, and the mark is scaled down in any 1 s window where it would be less than GUARD_DB
+under the music.
 
 Detection: cell energies at every frame offset, each bit's lattice phase cos(2 pi u) summed over its
 repetitions, a chi-square over the 48 bits per block phase (no sync bits: any phase where every bit sits on
-its lattice stands out), then the check bits must agree. Files of MIN_SEARCH_S or more where nothing is
-found are searched for a speed change (resampling: time and frequency scale together) within SPEED_RANGE.
-Marks from the first scheme (`watermark_v1`) are still read.
+its lattice stands out), then the check bits must agree, or at a strong sync one of a few flips of the least
+reliable bits must (Chase decoding). Files of MIN_SEARCH_S or more where nothing is found are searched for a
+speed change (resampling: time and frequency scale together) within SPEED_RANGE. Marks on the previous
+lattice and marks from the first scheme (`watermark_v1`) are still read.
 """
 
 from __future__ import annotations
@@ -42,14 +43,14 @@ COLS = 16  # columns of two cells in a block
 BLOCK = COLS * 2 * CELL  # frames per repetition (4.1 s)
 N_ID, N_CHECK = 32, 16
 N_BITS = N_ID + N_CHECK
-ALPHA = 0.8  # distortion compensation
-STEP_DB = 0.8 / ALPHA  # lattice step per sqrt(cell) of a bit's projection
 FLOOR = 1e-3  # energy floor relative to the mean cell: silence does not swing the dB
 LAMBDA = 0.1  # cost of a dB in a cell: its energy relative to its column's mean + LAMBDA
 MAX_CELL_DB = 2.5
 PASSES = 4  # adjust towards the targets; the STFT smears a little, so the last pass measures resynthesised audio
 GUARD_DB = -31.0
 SYNC_Z = 4.0  # at the file's own speed: 512 phases tried, then 16 check bits
+LIST_Z, LIST_BITS, LIST_MAX = 5.0, 10, 64  # Chase decoding: the sync it needs, bits it may flip, candidates
+LIST_Z_MORE = 8.0  # the sync a scan's second and third mark need for it (a mix of two marked songs)
 SEARCH_Z = 5.5  # under the speed search (thousands of tries)
 MAX_MARKS = 3
 SPAN_S, SPAN_Z = 5.0, 3.0  # localisation windows and the agreement they need
@@ -57,7 +58,21 @@ SPEED_RANGE, SPEED_STEP, SEARCH_S, MIN_SEARCH_S = 0.022, 0.002, 24.0, 8.0
 REFINE = (0.0005, 0.0002)
 READ_S = 60.0  # the refinement and the first read use the middle minute
 EDGES = F_LO * (F_HI / F_LO) ** (np.arange(N_BANDS + 1) / N_BANDS) / (RATE / N_FFT)  # in bins
+_FLIPS = ((np.arange(1, 2**LIST_BITS)[:, None] >> np.arange(LIST_BITS)) & 1).astype(bool)  # every subset
 _WINDOW = np.sin(np.pi * (np.arange(N_FFT) + 0.5) / N_FFT).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Lattice:
+    """How far a bit's projection is moved: the lattice step per sqrt(cell), dB, and the share of the way to
+    the lattice point (distortion compensation: below 1, a wider step at the same power)."""
+
+    step_db: float
+    alpha: float
+
+
+LATTICE = Lattice(1.4, 1.0)  # what `embed` writes since 2026-12-07: Opus 32k, noise and mixes keep more bits
+READ = (LATTICE, Lattice(1.0, 0.8))  # what `detect` reads: the current lattice, then the one before
 
 
 @dataclass(frozen=True)
@@ -75,7 +90,7 @@ class _Layout:
 
 
 @lru_cache(maxsize=8)
-def _layout(key: bytes) -> _Layout:
+def _layout(key: bytes, step_db: float = LATTICE.step_db) -> _Layout:
     seed = hashlib.sha256(b"longsong-watermark-stdm\0" + key).digest()
     rng = np.random.default_rng(np.frombuffer(seed, dtype=np.uint64))
     col = np.repeat(np.arange(COLS), N_BITS // COLS)[rng.permutation(N_BITS)]
@@ -87,7 +102,7 @@ def _layout(key: bytes) -> _Layout:
             rows += [(bit, dc, 2 * pair + db, s * sg) for dc, db, sg in ((0, 0, 1), (0, 1, -1), (1, 0, -1), (1, 1, 1))]
     bit, dcell, band, sign = (np.array(v) for v in zip(*rows))
     n_cells = np.bincount(bit, minlength=N_BITS)
-    return _Layout(bit, dcell, band, sign.astype(np.float64), col, n_cells, STEP_DB * np.sqrt(n_cells),
+    return _Layout(bit, dcell, band, sign.astype(np.float64), col, n_cells, step_db * np.sqrt(n_cells),
                    rng.random(N_BITS))
 
 
@@ -166,24 +181,29 @@ def _projections(db: np.ndarray, lay: _Layout) -> np.ndarray:
 
 
 def _guard(mark: np.ndarray, audio: np.ndarray) -> np.ndarray:
-    """The mark scaled down in any 1 s window (every 0.5 s) where it is above GUARD_DB re the music."""
+    """The mark scaled down in any 1 s window (every 0.5 s) where it is above GUARD_DB re the music. Each half
+    second gets the lower gain of its two windows, and the gain between half-second centres is interpolated
+    from values no higher than either neighbour's, so no sample of a window gets more than the window allows."""
     half, n = RATE // 2, audio.shape[1]
     k = -(-n // half)
     pm, pa = (np.pad(np.square(x).sum(axis=0), (0, k * half - n)).reshape(k, half).sum(axis=1) for x in (mark, audio))
-    ratio = np.minimum(1.0, np.sqrt(10 ** (GUARD_DB / 10) * (pa + np.roll(pa, -1)) / np.maximum(pm + np.roll(pm, -1), 1e-30)))
-    gain = np.minimum(ratio, np.roll(ratio, 1))  # each half second lies in two windows
-    return mark * np.interp(np.arange(n), np.arange(k) * half + half / 2, gain).astype(np.float32)
+    window = lambda p: p + np.append(p[1:], 0.0)  # noqa: E731  (window w: halves w and w + 1)
+    ratio = np.minimum(1.0, np.sqrt(10 ** (GUARD_DB / 10) * window(pa) / np.maximum(window(pm), 1e-30)))
+    gain = np.minimum(ratio, np.append(1.0, ratio[:-1]))  # half k lies in windows k - 1 and k
+    centre = np.minimum(gain, np.minimum(np.append(gain[:1], gain[:-1]), np.append(gain[1:], gain[-1:])))
+    return mark * np.interp(np.arange(n), np.arange(k) * half + half / 2, centre).astype(np.float32)
 
 
 def embed(audio: np.ndarray, sr: int, track_id: int, key: bytes,
-          progress: Callable[[], None] | None = None) -> np.ndarray:
+          progress: Callable[[], None] | None = None, lattice: Lattice = LATTICE) -> np.ndarray:
     """Watermarked copy of float audio (channels, samples) carrying the 32-bit `track_id`; `progress` is
-    called after each pass (a few seconds for a long song: the CPU worker heartbeats from it)."""
+    called after each pass (a few seconds for a long song: the CPU worker heartbeats from it). `lattice`:
+    only tests write an older one, to check that it is still read."""
     if not 0 <= track_id < 2**32:
         raise ValueError(f"track_id must fit in 32 bits, got {track_id}")
     audio = np.atleast_2d(np.asarray(audio, dtype=np.float32))
     x = _resample(audio, sr, RATE)
-    lay, bits = _layout(key), _bits(track_id, key)
+    lay, bits = _layout(key, lattice.step_db), _bits(track_id, key)
     spec = _stft(x)
     n_frames, n_bins = spec.shape[1:]
     band_of_bin = np.searchsorted(np.ceil(EDGES), np.arange(n_bins), side="right") - 1
@@ -218,10 +238,10 @@ def embed(audio: np.ndarray, sr: int, track_id: int, key: bytes,
         floor = FLOOR * float(cell_e.mean())
         w = e / (e + floor + 1e-30)  # how much a dB of gain moves the cell's dB
         p = np.bincount(inst, s * 10 * np.log10(e + floor + 1e-30), minlength=len(starts)) / root
-        if target is None:  # distortion-compensated: ALPHA of the way to the bit's nearest lattice point
+        if target is None:  # alpha of the way to the bit's nearest lattice point
             step = lay.step[inst_bit]
             u = p / step - lay.dither[inst_bit] - 0.5 * bits[inst_bit]
-            target = p - ALPHA * (u - np.round(u)) * step
+            target = p - lattice.alpha * (u - np.round(u)) * step
         cost = e / np.maximum(cell_e[t].mean(axis=1), 1e-30) + LAMBDA
         norm = np.bincount(inst, w**2 / cost, minlength=len(starts))
         move = (target - p) * root / np.maximum(norm, 1e-9)
@@ -284,9 +304,39 @@ def _spans(scan: _Scan, phase: int, bits: np.ndarray, lay: _Layout, seconds: flo
     return spans
 
 
+def _id_of(bits: np.ndarray, key: bytes) -> int | None:
+    track_id = int.from_bytes(np.packbits(bits[:N_ID]).tobytes(), "big")
+    return track_id if np.array_equal(bits[N_ID:], _check_bits(track_id, key)) else None
+
+
+def _decode(soft: np.ndarray, count: np.ndarray, z: float, key: bytes, chase: bool) -> tuple[np.ndarray, int, int] | None:
+    """(bits, id, candidates tried) of one block phase: the bits as read if their check agrees; else, with `chase`
+    and a strong sync (LIST_Z), Chase decoding: the LIST_MAX likeliest flips of the LIST_BITS least reliable
+    bits (smallest sum of flipped reliabilities first), accepted only when exactly one agrees. A strong mark
+    loses a few bits to a codec or noise, nearly always among the least reliable; each candidate adds 2^-16 of
+    chance that a wrong id agrees, so only LIST_MAX are tried."""
+    hard = (soft < 0).astype(np.uint8)
+    track_id = _id_of(hard, key)
+    if track_id is not None:
+        return hard, track_id, 1
+    if not chase or z < LIST_Z:
+        return None
+    rel = np.abs(soft) / np.sqrt(count / 2)
+    weak = np.argsort(rel)[:LIST_BITS]
+    masks = _FLIPS[np.argsort(_FLIPS @ rel[weak], kind="stable")[:LIST_MAX]]
+    hits = []
+    for mask in masks:
+        bits = hard.copy()
+        bits[weak[mask]] ^= 1
+        if (found := _id_of(bits, key)) is not None:
+            hits.append((bits, found))
+    return (*hits[0], 1 + len(masks)) if len(hits) == 1 else None
+
+
 def _marks(scan: _Scan | None, lay: _Layout, key: bytes, seconds: float, z_min: float, tries: int,
-           marks: list[Mark]) -> None:
-    """Add every id whose sync clears z_min and whose check bits agree (strongest phase first)."""
+           marks: list[Mark], chase: bool) -> None:
+    """Add every id whose sync clears z_min and whose check bits agree (strongest phase first; with `chase`,
+    the strongest, and any other of LIST_Z_MORE, is Chase-decoded if its check fails)."""
     if scan is None:
         return
     taken: list[int] = []
@@ -296,10 +346,13 @@ def _marks(scan: _Scan | None, lay: _Layout, key: bytes, seconds: float, z_min: 
         if any(abs((phase - t + BLOCK // 2) % BLOCK - BLOCK // 2) <= CELL // 2 for t in taken):
             continue  # the same mark a frame or two away
         taken.append(int(phase))
-        bits = (scan.soft[:, phase] < 0).astype(np.uint8)
-        track_id = int.from_bytes(np.packbits(bits[:N_ID]).tobytes(), "big")
-        if np.array_equal(bits[N_ID:], _check_bits(track_id, key)) and all(m.track_id != track_id for m in marks):
-            chance = tries * special.ndtr(-scan.z[phase]) * 2.0**-N_CHECK
+        z = float(scan.z[phase])
+        read = _decode(scan.soft[:, phase], scan.count[:, phase], z, key, chase and (len(taken) == 1 or z >= LIST_Z_MORE))
+        if read is None:
+            continue
+        bits, track_id, candidates = read
+        if all(m.track_id != track_id for m in marks):
+            chance = tries * special.ndtr(-scan.z[phase]) * candidates * 2.0**-N_CHECK
             marks.append(Mark(track_id, float(1 - chance), scan.speed, _spans(scan, int(phase), bits, lay, seconds)))
 
 
@@ -322,7 +375,7 @@ def _search_speed(audio: np.ndarray, lay: _Layout, key: bytes, marks: list[Mark]
     power = _mid_power(piece)
     for step in REFINE:
         candidates = ranked(power, {c + k * step for c in candidates for k in (-2, -1, 0, 1, 2)}, 2)
-    tries = BLOCK * (len(grid) + 5 * len(REFINE) * 3)
+    tries = BLOCK * len(READ) * (len(grid) + 5 * len(REFINE) * 3)
     for v in candidates:  # the approximation ranks; the bits are read from the audio resampled for real
         found: list[Mark] = []
         _look(soxr.resample(piece.T, RATE, RATE * v).T, lay, key, v, SEARCH_Z, tries, found)
@@ -336,23 +389,27 @@ def _search_speed(audio: np.ndarray, lay: _Layout, key: bytes, marks: list[Mark]
 
 
 def _look(audio: np.ndarray, lay: _Layout, key: bytes, speed: float, z_min: float, tries: int,
-          marks: list[Mark]) -> None:
+          marks: list[Mark], chase: bool = False) -> None:
     """Marks in audio at RATE as it is, on frames half a hop apart (one of them lines up with the cells)."""
     for shift in (0, HOP // 2):
         scan = _scan(_cells(_band_frames(_mid_power(audio[:, shift:]))), lay, speed)
-        _marks(scan, lay, key, audio.shape[1] / RATE / speed, z_min, 2 * tries, marks)
+        _marks(scan, lay, key, audio.shape[1] / RATE / speed, z_min, 2 * tries, marks, chase)
         if marks:
             return
 
 
 def detect(audio: np.ndarray, sr: int, key: bytes) -> Detection:
-    """Look for watermarks made with `key` in float audio (channels, samples) at any offset, and if none
-    is there as it is, at any speed change within SPEED_RANGE; then for marks of the first scheme."""
+    """Look for watermarks made with `key` in float audio (channels, samples) at any offset, on every lattice
+    of READ, and if none is there as it is, at any speed change within SPEED_RANGE; then for marks of the
+    first scheme."""
     audio = _resample(np.atleast_2d(np.asarray(audio, dtype=np.float32)), sr, RATE)
-    lay, seconds, marks = _layout(key), audio.shape[1] / RATE, []
-    _look(audio, lay, key, 1.0, SYNC_Z, BLOCK, marks)
-    if not marks and seconds >= MIN_SEARCH_S:
-        _search_speed(audio, lay, key, marks)
+    lays, seconds, marks = [_layout(key, lattice.step_db) for lattice in READ], audio.shape[1] / RATE, []
+    for lay in lays:
+        if not marks:
+            _look(audio, lay, key, 1.0, SYNC_Z, BLOCK * len(lays), marks, chase=True)
+    for lay in lays:
+        if not marks and seconds >= MIN_SEARCH_S:
+            _search_speed(audio, lay, key, marks)
     if not marks:
         marks = watermark_v1.detect(audio, RATE, key).marks
     if not marks:

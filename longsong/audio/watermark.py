@@ -15,7 +15,9 @@ under the music.
 Detection: cell energies at every frame offset, each bit's lattice phase cos(2 pi u) summed over its
 repetitions, a chi-square over the 48 bits per block phase (no sync bits: any phase where every bit sits on
 its lattice stands out), then the check bits must agree, or at a strong sync one of a few flips of the least
-reliable bits must (Chase decoding). Files of MIN_SEARCH_S or more where nothing is found are searched for a
+reliable bits must (Chase decoding). Each cos is taken less its local mean and in units of its spread, so
+silence, fades and steady sounds (where u sits still) do not pass for a sync; a phase whose sin(2 pi u) agrees
+as much is not read, for the mark of another key repeats with the block too, but off this key's lattice. Files of MIN_SEARCH_S or more where nothing is found are searched for a
 speed change (resampling: time and frequency scale together) within SPEED_RANGE. Marks on the previous
 lattice and marks from the first scheme (`watermark_v1`) are still read.
 """
@@ -30,26 +32,25 @@ from functools import lru_cache
 
 import numpy as np
 import soxr
-from scipy import fft, special
+from scipy import special
 
 from longsong.audio import watermark_v1
+from longsong.audio.watermark_cells import (CELL, EDGES, FLOOR, HOP, N_BANDS, RATE, band_frames, cell_db,
+                                             istft, mid_power, stft)
 from longsong.audio.watermark_v1 import Detection, Mark, Span, _check_bits, _resample  # shared by both schemes
 
-RATE = 32000  # analysis rate; other rates are resampled
-N_FFT, HOP = 2048, 512
-F_LO, F_HI, N_BANDS = 250.0, 4000.0, 16
-CELL = 8  # frames per cell (128 ms)
 COLS = 16  # columns of two cells in a block
 BLOCK = COLS * 2 * CELL  # frames per repetition (4.1 s)
 N_ID, N_CHECK = 32, 16
 N_BITS = N_ID + N_CHECK
-FLOOR = 1e-3  # energy floor relative to the mean cell: silence does not swing the dB
 LAMBDA = 0.1  # cost of a dB in a cell: its energy relative to its column's mean + LAMBDA
 MAX_CELL_DB = 2.5
 PASSES = 4  # adjust towards the targets; the STFT smears a little, so the last pass measures resynthesised audio
 GUARD_DB = -31.0
 SYNC_Z = 4.0  # at the file's own speed: 512 phases tried, then 16 check bits
 LIST_Z, LIST_BITS, LIST_MAX = 5.0, 10, 64  # Chase decoding: the sync it needs, bits it may flip, candidates
+CLIP = 3.0  # the most that one position may weigh, in spreads
+SINE_SHARE = 1 / 3  # a phase is read only if its sine z is under this share of its cosine z (see _marks)
 LIST_Z_MORE = 8.0  # the sync a scan's second and third mark need for it (a mix of two marked songs)
 SEARCH_Z = 5.5  # under the speed search (thousands of tries)
 MAX_MARKS = 3
@@ -57,9 +58,7 @@ SPAN_S, SPAN_Z = 5.0, 3.0  # localisation windows and the agreement they need
 SPEED_RANGE, SPEED_STEP, SEARCH_S, MIN_SEARCH_S = 0.022, 0.002, 24.0, 8.0
 REFINE = (0.0005, 0.0002)
 READ_S = 60.0  # the refinement and the first read use the middle minute
-EDGES = F_LO * (F_HI / F_LO) ** (np.arange(N_BANDS + 1) / N_BANDS) / (RATE / N_FFT)  # in bins
 _FLIPS = ((np.arange(1, 2**LIST_BITS)[:, None] >> np.arange(LIST_BITS)) & 1).astype(bool)  # every subset
-_WINDOW = np.sin(np.pi * (np.arange(N_FFT) + 0.5) / N_FFT).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -117,58 +116,6 @@ def _block_offset(track_id: int, key: bytes) -> int:
     return int.from_bytes(mac.digest()[:2], "big") % BLOCK
 
 
-def _stft(audio: np.ndarray) -> np.ndarray:
-    """(channels, frames, bins), frame t centred on sample t * HOP."""
-    n = audio.shape[1]
-    padded = np.pad(audio, ((0, 0), (N_FFT // 2, N_FFT // 2 + (-n) % HOP)))
-    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT, axis=-1)[:, ::HOP] * _WINDOW
-    return fft.rfft(frames, axis=-1)
-
-
-def _istft(spec: np.ndarray, n: int) -> np.ndarray:
-    """Weighted overlap-add inverse of `_stft` (sqrt-Hann both ways, normalised by the window sum)."""
-    frames = fft.irfft(spec, n=N_FFT, axis=-1).astype(np.float32) * _WINDOW
-    channels, t, _ = frames.shape
-    out = np.zeros((channels, (t + 3) * HOP), np.float32)
-    norm = np.zeros((t + 3) * HOP, np.float32)
-    for k in range(N_FFT // HOP):
-        out[:, k * HOP : (k + t) * HOP] += frames[:, :, k * HOP : (k + 1) * HOP].reshape(channels, -1)
-        norm[k * HOP : (k + t) * HOP] += np.tile(_WINDOW[k * HOP : (k + 1) * HOP] ** 2, t)
-    return (out / np.maximum(norm, 1e-3))[:, N_FFT // 2 : N_FFT // 2 + n]
-
-
-def _mid_power(audio: np.ndarray) -> np.ndarray:
-    """STFT power of the channel mean: what a downmix keeps."""
-    spec = _stft(audio.mean(axis=0, keepdims=True))[0]
-    return spec.real**2 + spec.imag**2
-
-
-def _band_frames(power: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """(frames, N_BANDS) band energies, band edges scaled by `scale` (fractional bins, linear)."""
-    cum = np.concatenate([np.zeros((len(power), 1)), np.cumsum(power, axis=1)], axis=1)
-    edges = EDGES * scale
-    lo = np.floor(edges).astype(np.int64)
-    w = edges - lo
-    return np.diff(cum[:, lo] * (1 - w) + cum[:, lo + 1] * w, axis=1)
-
-
-def _cells(bands: np.ndarray, stretch: float = 1.0) -> np.ndarray:
-    """dB of the cell starting at every nominal frame n (read at frame n * stretch, CELL * stretch long)."""
-    cum = np.concatenate([np.zeros((1, N_BANDS)), np.cumsum(bands, axis=0)])
-    n = int((len(bands) - CELL * stretch) / stretch)
-    if n <= 0:
-        return np.zeros((0, N_BANDS))
-
-    def at(y: np.ndarray) -> np.ndarray:
-        i = np.minimum(y.astype(np.int64), len(cum) - 2)
-        w = (y - i)[:, None]
-        return cum[i] * (1 - w) + cum[i + 1] * w
-
-    y = np.arange(n) * stretch
-    e = at(y + CELL * stretch) - at(y)
-    return 10 * np.log10(e + FLOOR * float(e.mean()) + 1e-30)
-
-
 def _projections(db: np.ndarray, lay: _Layout) -> np.ndarray:
     """(N_BITS, positions): each bit's signed cell sum / sqrt(cells) were its column to start there."""
     n = len(db) - 2 * CELL + 1
@@ -204,7 +151,7 @@ def embed(audio: np.ndarray, sr: int, track_id: int, key: bytes,
     audio = np.atleast_2d(np.asarray(audio, dtype=np.float32))
     x = _resample(audio, sr, RATE)
     lay, bits = _layout(key, lattice.step_db), _bits(track_id, key)
-    spec = _stft(x)
+    spec = stft(x)
     n_frames, n_bins = spec.shape[1:]
     band_of_bin = np.searchsorted(np.ceil(EDGES), np.arange(n_bins), side="right") - 1
     in_band = (band_of_bin >= 0) & (band_of_bin < N_BANDS)
@@ -220,18 +167,18 @@ def embed(audio: np.ndarray, sr: int, track_id: int, key: bytes,
     root = np.sqrt(lay.n_cells[inst_bit])
     gain_db, target = np.zeros((n_frames, N_BANDS)), None
     mid = spec.mean(axis=0)
-    mid_power = mid.real**2 + mid.imag**2
+    power_0 = mid.real**2 + mid.imag**2
     mask = np.ones((n_frames, n_bins), np.float32)
     for k in range(PASSES):
         if progress is not None:
             progress()
         if k < PASSES - 1:  # the STFT domain as it would be (cheap); the last pass re-analyses the audio
-            power = mid_power.copy()
+            power = power_0.copy()
             power[:, in_band] *= 10 ** (gain_db[:, band_of_bin[in_band]] / 10)
         else:
-            y = _istft(spec * mask, x.shape[1])
-            power = _mid_power(y)[:n_frames]
-        bands = _band_frames(power)
+            y = istft(spec * mask, x.shape[1])
+            power = mid_power(y)[:n_frames]
+        bands = band_frames(power)
         cum = np.concatenate([np.zeros((1, N_BANDS)), np.cumsum(bands, axis=0)])
         cell_e = cum[CELL:] - cum[:-CELL]
         e = cum[t + CELL, b] - cum[t, b]
@@ -250,20 +197,23 @@ def embed(audio: np.ndarray, sr: int, track_id: int, key: bytes,
         np.add.at(change, (np.minimum(t + CELL, n_frames), b), -s * w / cost * move[inst])
         gain_db = np.clip(gain_db + np.cumsum(change, axis=0)[:n_frames], -MAX_CELL_DB, MAX_CELL_DB)
         mask[:, in_band] = 10 ** (gain_db[:, band_of_bin[in_band]] / 20)
-    y = _istft(spec * mask, x.shape[1])
+    y = istft(spec * mask, x.shape[1])
     mark = _resample(_guard(y - x, x), RATE, sr)[:, : audio.shape[1]]
     return (audio + mark).astype(np.float32)
 
 
 @dataclass
 class _Scan:
-    """One look at the audio at one speed: per bit and block phase, the lattice agreement and its count."""
+    """One look at the audio at one speed: per bit and block phase, the lattice agreement and its spread."""
 
     speed: float
-    u: np.ndarray  # (N_BITS, positions) lattice phase of every position
-    soft: np.ndarray  # (N_BITS, BLOCK) sum of cos(2 pi u) over the repetitions
-    count: np.ndarray  # (N_BITS, BLOCK)
-    z: np.ndarray  # (BLOCK,) chi-square sync z per block phase
+    agree: np.ndarray  # (N_BITS, positions) cos(2 pi u) of every position, less its mean over a block around
+    sd: np.ndarray  # (N_BITS,) its standard deviation over all positions
+    soft: np.ndarray  # (N_BITS, BLOCK) sum of `agree` over the repetitions
+    spread: np.ndarray  # (N_BITS, BLOCK) the standard deviation of that sum without a mark
+    chi2: np.ndarray  # (BLOCK,) sum of (soft / spread)^2 per block phase: chi-square, N_BITS degrees
+    z: np.ndarray  # (BLOCK,) the same, standardised
+    sine_z: np.ndarray  # (BLOCK,) the same z of the sines of 2 pi u
 
 
 def _scan(db: np.ndarray, lay: _Layout, speed: float) -> _Scan | None:
@@ -271,29 +221,41 @@ def _scan(db: np.ndarray, lay: _Layout, speed: float) -> _Scan | None:
     n = p.shape[1]
     if n == 0:
         return None
-    u = p / lay.step[:, None] - lay.dither[:, None]
+    # Without a mark the lattice phase u is uniform only where the projections vary: silence, a fade or a
+    # steady sound hold each bit's u near its dither at every position, and every block phase would agree.
+    # So each bit's cos (and sin) of 2 pi u is taken less its mean over the block around it (one repetition),
+    # in units of its spread over all positions.
+    angle = 2 * np.pi * (p / lay.step[:, None] - lay.dither[:, None])
+    trig = np.stack([np.cos(angle), np.sin(angle)])
+    cum = np.concatenate([np.zeros((2, N_BITS, 1)), np.cumsum(trig, axis=2)], axis=2)
+    lo, hi = np.maximum(np.arange(n) - BLOCK // 2, 0), np.minimum(np.arange(n) + BLOCK // 2, n)
+    trig -= (cum[:, :, hi] - cum[:, :, lo]) / (hi - lo)
+    sd = np.sqrt(np.maximum(trig.var(axis=2), 1e-3))
+    trig = np.clip(trig, -CLIP * sd[:, :, None], CLIP * sd[:, :, None])  # one odd frame (the file's edge) of a still sound
     pad = (-n) % BLOCK
-    folded = np.pad(np.cos(2 * np.pi * u), ((0, 0), (0, pad))).reshape(N_BITS, -1, BLOCK).sum(axis=1)
+    folded = np.pad(trig, ((0, 0), (0, 0), (0, pad))).reshape(2, N_BITS, -1, BLOCK).sum(axis=2)
     counts = np.pad(np.ones(n), (0, pad)).reshape(-1, BLOCK).sum(axis=0)
     idx = (np.arange(BLOCK) + 2 * CELL * lay.col[:, None]) % BLOCK  # bit j's column at block phase ph
-    soft, count = folded[np.arange(N_BITS)[:, None], idx], np.maximum(counts[idx], 1)
-    # each cos sum is ~N(0, M/2) without a mark: its square / (M/2) has mean 1, variance 2 - 1.5/M
-    z = ((soft**2 / (count / 2)).sum(axis=0) - N_BITS) / np.sqrt((2 - 1.5 / count).sum(axis=0))
-    return _Scan(speed, u, soft, count, z)
+    count = np.maximum(counts[idx], 1)
+    sums, spread = folded[:, np.arange(N_BITS)[:, None], idx], np.sqrt(count) * sd[:, :, None]
+    chi2 = ((sums / spread) ** 2).sum(axis=1)
+    # a square has mean 1 and, were u uniform (cos and sin arcsine-distributed), variance 2 - 1.5 / M
+    z = (chi2 - N_BITS) / np.sqrt((2 - 1.5 / count).sum(axis=0))
+    return _Scan(speed, trig[0], sd[0], sums[0], spread[0], chi2[0], z[0], z[1])
 
 
 def _spans(scan: _Scan, phase: int, bits: np.ndarray, lay: _Layout, seconds: float) -> list[Span]:
     """Where the mark is: agreement of every repetition with the read bits, in windows of SPAN_S."""
-    n = scan.u.shape[1]
+    n = scan.agree.shape[1]
     pos = phase + 2 * CELL * lay.col[:, None] + BLOCK * np.arange(-1, n // BLOCK + 2)
     j = np.broadcast_to(np.arange(N_BITS)[:, None], pos.shape)
     ok = (pos >= 0) & (pos < n)
     pos, j = pos[ok], j[ok]
-    agree = np.cos(2 * np.pi * (scan.u[j, pos] - 0.5 * bits[j]))
+    agree = scan.agree[j, pos] * (1.0 - 2.0 * bits[j]) / scan.sd[j]
     to_s = HOP / (RATE * scan.speed)
     window = np.floor((pos + CELL) * to_s / SPAN_S).astype(np.int64)
     n_win = int(window.max()) + 1 if window.size else 0
-    z = np.bincount(window, agree, n_win) / np.sqrt(np.maximum(np.bincount(window, minlength=n_win) / 2, 1e-9))
+    z = np.bincount(window, agree, n_win) / np.sqrt(np.maximum(np.bincount(window, minlength=n_win), 1e-9))
     spans: list[Span] = []
     for k in np.flatnonzero(z >= SPAN_Z):
         start, end = float(k * SPAN_S), float(min((k + 1) * SPAN_S, seconds))
@@ -309,7 +271,7 @@ def _id_of(bits: np.ndarray, key: bytes) -> int | None:
     return track_id if np.array_equal(bits[N_ID:], _check_bits(track_id, key)) else None
 
 
-def _decode(soft: np.ndarray, count: np.ndarray, z: float, key: bytes, chase: bool) -> tuple[np.ndarray, int, int] | None:
+def _decode(soft: np.ndarray, spread: np.ndarray, z: float, key: bytes, chase: bool) -> tuple[np.ndarray, int, int] | None:
     """(bits, id, candidates tried) of one block phase: the bits as read if their check agrees; else, with `chase`
     and a strong sync (LIST_Z), Chase decoding: the LIST_MAX likeliest flips of the LIST_BITS least reliable
     bits (smallest sum of flipped reliabilities first), accepted only when exactly one agrees. A strong mark
@@ -321,7 +283,7 @@ def _decode(soft: np.ndarray, count: np.ndarray, z: float, key: bytes, chase: bo
         return hard, track_id, 1
     if not chase or z < LIST_Z:
         return None
-    rel = np.abs(soft) / np.sqrt(count / 2)
+    rel = np.abs(soft) / spread
     weak = np.argsort(rel)[:LIST_BITS]
     masks = _FLIPS[np.argsort(_FLIPS @ rel[weak], kind="stable")[:LIST_MAX]]
     hits = []
@@ -345,14 +307,16 @@ def _marks(scan: _Scan | None, lay: _Layout, key: bytes, seconds: float, z_min: 
             return
         if any(abs((phase - t + BLOCK // 2) % BLOCK - BLOCK // 2) <= CELL // 2 for t in taken):
             continue  # the same mark a frame or two away
+        if scan.sine_z[phase] >= SINE_SHARE * scan.z[phase]:
+            continue  # not on the lattice: another key's mark, or music that repeats with the block
         taken.append(int(phase))
         z = float(scan.z[phase])
-        read = _decode(scan.soft[:, phase], scan.count[:, phase], z, key, chase and (len(taken) == 1 or z >= LIST_Z_MORE))
+        read = _decode(scan.soft[:, phase], scan.spread[:, phase], z, key, chase and (len(taken) == 1 or z >= LIST_Z_MORE))
         if read is None:
             continue
         bits, track_id, candidates = read
         if all(m.track_id != track_id for m in marks):
-            chance = tries * special.ndtr(-scan.z[phase]) * candidates * 2.0**-N_CHECK
+            chance = tries * special.chdtrc(N_BITS, scan.chi2[phase]) * candidates * 2.0**-N_CHECK
             marks.append(Mark(track_id, float(1 - chance), scan.speed, _spans(scan, int(phase), bits, lay, seconds)))
 
 
@@ -366,13 +330,13 @@ def _search_speed(audio: np.ndarray, lay: _Layout, key: bytes, marks: list[Mark]
     """Undo a speed change v (time / v, frequencies * v) on a grid over SPEED_RANGE on the middle SEARCH_S,
     then finer steps around the best few on the middle READ_S, read there from the audio resampled for real."""
     def ranked(power: np.ndarray, speeds, keep: int) -> list[float]:
-        scores = [(s.z.max(), float(v)) for v in speeds if (s := _scan(_cells(_band_frames(power, v), 1 / v), lay, v))]
+        scores = [(s.z.max(), float(v)) for v in speeds if (s := _scan(cell_db(band_frames(power, v), 1 / v), lay, v))]
         return [v for _, v in sorted(scores, reverse=True)[:keep]]
 
     grid = 1 + np.arange(-SPEED_RANGE, SPEED_RANGE + SPEED_STEP / 2, SPEED_STEP)
-    candidates = ranked(_mid_power(_middle(audio, SEARCH_S)), grid, 3)
+    candidates = ranked(mid_power(_middle(audio, SEARCH_S)), grid, 3)
     piece = _middle(audio, READ_S)
-    power = _mid_power(piece)
+    power = mid_power(piece)
     for step in REFINE:
         candidates = ranked(power, {c + k * step for c in candidates for k in (-2, -1, 0, 1, 2)}, 2)
     tries = BLOCK * len(READ) * (len(grid) + 5 * len(REFINE) * 3)
@@ -392,7 +356,7 @@ def _look(audio: np.ndarray, lay: _Layout, key: bytes, speed: float, z_min: floa
           marks: list[Mark], chase: bool = False) -> None:
     """Marks in audio at RATE as it is, on frames half a hop apart (one of them lines up with the cells)."""
     for shift in (0, HOP // 2):
-        scan = _scan(_cells(_band_frames(_mid_power(audio[:, shift:]))), lay, speed)
+        scan = _scan(cell_db(band_frames(mid_power(audio[:, shift:]))), lay, speed)
         _marks(scan, lay, key, audio.shape[1] / RATE / speed, z_min, 2 * tries, marks, chase)
         if marks:
             return

@@ -342,24 +342,26 @@ def _search_speed(audio: np.ndarray, lay: _Layout, key: bytes, marks: list[Mark]
     tries = BLOCK * len(READ) * (len(grid) + 5 * len(REFINE) * 3)
     for v in candidates:  # the approximation ranks; the bits are read from the audio resampled for real
         found: list[Mark] = []
-        _look(soxr.resample(piece.T, RATE, RATE * v).T, lay, key, v, SEARCH_Z, tries, found)
+        _look(soxr.resample(piece.T, RATE, RATE * v).T, [lay], key, v, SEARCH_Z, tries, found)
         if found:
             if piece.shape[1] < audio.shape[1]:  # the whole file too, for spans over all of it
-                _look(soxr.resample(audio.T, RATE, RATE * v).T, lay, key, v, SEARCH_Z, tries, marks)
+                _look(soxr.resample(audio.T, RATE, RATE * v).T, [lay], key, v, SEARCH_Z, tries, marks)
             if not marks:
                 at = (audio.shape[1] - piece.shape[1]) / 2 / RATE
                 marks.extend(replace(m, spans=[Span(s.start_s + at, s.end_s + at, s.z) for s in m.spans]) for m in found)
             return
 
 
-def _look(audio: np.ndarray, lay: _Layout, key: bytes, speed: float, z_min: float, tries: int,
+def _look(audio: np.ndarray, lays: list[_Layout], key: bytes, speed: float, z_min: float, tries: int,
           marks: list[Mark], chase: bool = False) -> None:
-    """Marks in audio at RATE as it is, on frames half a hop apart (one of them lines up with the cells)."""
+    """Marks in audio at RATE as it is, on frames half a hop apart (one of them lines up with the cells), on
+    each layout (the lattices of READ share the cells)."""
     for shift in (0, HOP // 2):
-        scan = _scan(cell_db(band_frames(mid_power(audio[:, shift:]))), lay, speed)
-        _marks(scan, lay, key, audio.shape[1] / RATE / speed, z_min, 2 * tries, marks, chase)
-        if marks:
-            return
+        db = cell_db(band_frames(mid_power(audio[:, shift:])))
+        for lay in lays:
+            _marks(_scan(db, lay, speed), lay, key, audio.shape[1] / RATE / speed, z_min, 2 * tries, marks, chase)
+            if marks:
+                return
 
 
 def detect(audio: np.ndarray, sr: int, key: bytes) -> Detection:
@@ -368,9 +370,7 @@ def detect(audio: np.ndarray, sr: int, key: bytes) -> Detection:
     first scheme."""
     audio = _resample(np.atleast_2d(np.asarray(audio, dtype=np.float32)), sr, RATE)
     lays, seconds, marks = [_layout(key, lattice.step_db) for lattice in READ], audio.shape[1] / RATE, []
-    for lay in lays:
-        if not marks:
-            _look(audio, lay, key, 1.0, SYNC_Z, BLOCK * len(lays), marks, chase=True)
+    _look(audio, lays, key, 1.0, SYNC_Z, BLOCK * len(lays), marks, chase=True)
     for lay in lays:
         if not marks and seconds >= MIN_SEARCH_S:
             _search_speed(audio, lay, key, marks)

@@ -17,8 +17,9 @@ repetitions, a chi-square over the 48 bits per block phase (no sync bits: any ph
 its lattice stands out), then the check bits must agree, or at a strong sync one of a few flips of the least
 reliable bits must (Chase decoding). Each cos is taken less its local mean and in units of its spread, so
 silence, fades and steady sounds (where u sits still) do not pass for a sync; a phase whose sin(2 pi u) agrees
-as much is not read, for the mark of another key repeats with the block too, but off this key's lattice. Files of MIN_SEARCH_S or more where nothing is found are searched for a
-speed change (resampling: time and frequency scale together) within SPEED_RANGE. Marks on the previous
+as much is not read, for the mark of another key repeats with the block too, but off this key's lattice.
+Files of MIN_SEARCH_S or more where nothing is found are searched for a speed change (resampling: time and
+frequency scale together) within SPEED_RANGE. Marks on the previous
 lattice and marks from the first scheme (`watermark_v1`) are still read.
 """
 
@@ -207,8 +208,7 @@ class _Scan:
     """One look at the audio at one speed: per bit and block phase, the lattice agreement and its spread."""
 
     speed: float
-    agree: np.ndarray  # (N_BITS, positions) cos(2 pi u) of every position, less its mean over a block around
-    sd: np.ndarray  # (N_BITS,) its standard deviation over all positions
+    agree: np.ndarray  # (N_BITS, positions) cos(2 pi u), less its mean over a block around, in spreads
     soft: np.ndarray  # (N_BITS, BLOCK) sum of `agree` over the repetitions
     spread: np.ndarray  # (N_BITS, BLOCK) the standard deviation of that sum without a mark
     chi2: np.ndarray  # (BLOCK,) sum of (soft / spread)^2 per block phase: chi-square, N_BITS degrees
@@ -230,18 +230,18 @@ def _scan(db: np.ndarray, lay: _Layout, speed: float) -> _Scan | None:
     cum = np.concatenate([np.zeros((2, N_BITS, 1)), np.cumsum(trig, axis=2)], axis=2)
     lo, hi = np.maximum(np.arange(n) - BLOCK // 2, 0), np.minimum(np.arange(n) + BLOCK // 2, n)
     trig -= (cum[:, :, hi] - cum[:, :, lo]) / (hi - lo)
-    sd = np.sqrt(np.maximum(trig.var(axis=2), 1e-3))
-    trig = np.clip(trig, -CLIP * sd[:, :, None], CLIP * sd[:, :, None])  # one odd frame (the file's edge) of a still sound
+    trig /= np.sqrt(np.maximum(trig.var(axis=2, keepdims=True), 1e-3))
+    trig = np.clip(trig, -CLIP, CLIP)  # one odd frame (the file's edge) of a still sound
     pad = (-n) % BLOCK
     folded = np.pad(trig, ((0, 0), (0, 0), (0, pad))).reshape(2, N_BITS, -1, BLOCK).sum(axis=2)
     counts = np.pad(np.ones(n), (0, pad)).reshape(-1, BLOCK).sum(axis=0)
     idx = (np.arange(BLOCK) + 2 * CELL * lay.col[:, None]) % BLOCK  # bit j's column at block phase ph
     count = np.maximum(counts[idx], 1)
-    sums, spread = folded[:, np.arange(N_BITS)[:, None], idx], np.sqrt(count) * sd[:, :, None]
-    chi2 = ((sums / spread) ** 2).sum(axis=1)
+    sums, spread = folded[:, np.arange(N_BITS)[:, None], idx], np.sqrt(count)
+    chi2 = (sums**2 / count).sum(axis=1)
     # a square has mean 1 and, were u uniform (cos and sin arcsine-distributed), variance 2 - 1.5 / M
     z = (chi2 - N_BITS) / np.sqrt((2 - 1.5 / count).sum(axis=0))
-    return _Scan(speed, trig[0], sd[0], sums[0], spread[0], chi2[0], z[0], z[1])
+    return _Scan(speed, trig[0], sums[0], spread, chi2[0], z[0], z[1])
 
 
 def _spans(scan: _Scan, phase: int, bits: np.ndarray, lay: _Layout, seconds: float) -> list[Span]:
@@ -251,7 +251,7 @@ def _spans(scan: _Scan, phase: int, bits: np.ndarray, lay: _Layout, seconds: flo
     j = np.broadcast_to(np.arange(N_BITS)[:, None], pos.shape)
     ok = (pos >= 0) & (pos < n)
     pos, j = pos[ok], j[ok]
-    agree = scan.agree[j, pos] * (1.0 - 2.0 * bits[j]) / scan.sd[j]
+    agree = scan.agree[j, pos] * (1.0 - 2.0 * bits[j])
     to_s = HOP / (RATE * scan.speed)
     window = np.floor((pos + CELL) * to_s / SPAN_S).astype(np.int64)
     n_win = int(window.max()) + 1 if window.size else 0
